@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Sets up everything the kit needs on a fresh Debian/Ubuntu machine, then runs it or its tests.
+#   ./bootstrap.sh run    – the kit's daemons with a local config (local/kit.toml)
+#   ./bootstrap.sh test   – lint, type checks and the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# System packages the kit and its tests use. Grows as issues land; installed only if missing.
+APT_PACKAGES=(python3 python3-venv sqlite3)
+
+say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+die() { printf '错误 / error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@";
+    elif command -v sudo >/dev/null; then sudo "$@";
+    else die "need root (or sudo) to install: $*"; fi
+}
+
+install_system_packages() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "apt-get not found; install by hand: ${missing[*]}"
+    say "installing system packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+}
+
+pick_python() {
+    for py in python3.11 python3; do
+        if command -v "$py" >/dev/null \
+            && "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+            echo "$py"; return 0
+        fi
+    done
+    die "Python 3.11 is required (Debian 12 ships it as python3)"
+}
+
+setup_venv() {
+    local py stamp want
+    py=$(pick_python)
+    if [ ! -x .venv/bin/python ]; then
+        say "creating .venv with $py"
+        "$py" -m venv .venv
+    fi
+    # Reinstall only when the dependency list changed.
+    stamp=.venv/.fieldkit-deps
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "installing Python packages (pinned in pyproject.toml)"
+        .venv/bin/pip install -q --disable-pip-version-check -e '.[pi,firmware,test]'
+        echo "$want" > "$stamp"
+    fi
+}
+
+cmd=${1:-}
+case "$cmd" in
+    run)
+        install_system_packages
+        setup_venv
+        mkdir -p local
+        if [ ! -f local/kit.toml ]; then
+            .venv/bin/kit init-config local/kit.toml
+        fi
+        say "starting the kit (Ctrl-C stops it); status: .venv/bin/kit status --config local/kit.toml"
+        exec .venv/bin/kit run --config local/kit.toml
+        ;;
+    test)
+        install_system_packages
+        setup_venv
+        say "ruff"
+        .venv/bin/ruff check .
+        say "mypy"
+        .venv/bin/mypy
+        say "pytest"
+        exec .venv/bin/pytest -q "${@:2}"
+        ;;
+    *)
+        echo "usage: ./bootstrap.sh run | test" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,1 @@
+"""The command centre gateway: ingest from every link kind, deduplicate, acknowledge."""

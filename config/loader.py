@@ -1,0 +1,167 @@
+"""Load the TOML config: report every error with its key path, fall back to safe mode."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from config.schema import KitConfig, KitSection
+from edge.errors import KitError
+
+DEFAULT_PATH = Path("/etc/kit/kit.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in the config file, at a dotted key path."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '(file)'}: {self.message}"
+
+
+class BadConfig(KitError, ValueError):
+    """The config file has errors; all of them are in ``issues``."""
+
+    def __init__(self, source: Path, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        lines = "\n".join(f"  - {i}" for i in issues)
+        super().__init__(
+            f"配置文件 {source} 有 {len(issues)} 处错误：\n{lines}",
+            f"config file {source} has {len(issues)} error(s)",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A usable config; in safe mode it is built from defaults and the sections that were valid."""
+
+    config: KitConfig
+    source: Path
+    issues: list[ConfigIssue] = field(default_factory=list)
+
+    @property
+    def safe_mode(self) -> bool:
+        return bool(self.issues)
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("KIT_CONFIG", DEFAULT_PATH))
+
+
+def _issues(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[ConfigIssue]:
+    out = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        out.append(ConfigIssue(loc, msg))
+    return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise BadConfig(path, [ConfigIssue("", "file not found")]) from None
+    except UnicodeDecodeError as exc:
+        raise BadConfig(path, [ConfigIssue("", f"not UTF-8 at byte {exc.start}")]) from None
+    except OSError as exc:
+        raise BadConfig(path, [ConfigIssue("", f"cannot read: {exc.strerror}")]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadConfig(path, [ConfigIssue("", f"TOML syntax: {exc}")]) from None
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative folders in [paths] are relative to the config file, not the working folder."""
+    paths = raw.get("paths")
+    if isinstance(paths, dict):
+        for key in ("data_dir", "runtime_dir"):
+            value = paths.get(key)
+            if isinstance(value, str) and not os.path.isabs(value):
+                paths[key] = str((base / value).resolve())
+
+
+def parse(path: Path) -> KitConfig:
+    """The config in ``path``, or :class:`BadConfig` listing every error at once."""
+    raw = _read(path)
+    _resolve_paths(raw, path.parent)
+    try:
+        return KitConfig.model_validate(raw)
+    except ValidationError as err:
+        raise BadConfig(path, _issues(err)) from None
+
+
+def load(path: Path | None = None) -> Loaded:
+    """Load for a daemon: never raises for a bad file; returns a safe-mode config instead."""
+    path = (path or default_path()).absolute()
+    try:
+        return Loaded(parse(path), path)
+    except BadConfig as bad:
+        return Loaded(_salvage(path), path, bad.issues)
+
+
+def _salvage(path: Path) -> KitConfig:
+    """Defaults, plus every top-level section that is valid on its own.
+
+    Keeps the data folder of a config with a typo elsewhere, so safe mode still finds
+    (and keeps filling) the real store.
+    """
+    try:
+        raw = _read(path)
+    except BadConfig:
+        raw = {}
+    _resolve_paths(raw, path.parent)
+    sections: dict[str, Any] = {}
+    for name, info in KitConfig.model_fields.items():
+        model = info.annotation
+        value = raw.get(name)
+        if isinstance(value, dict) and isinstance(model, type) and issubclass(model, BaseModel):
+            with contextlib.suppress(ValidationError):
+                sections[name] = model.model_validate(value)
+    if "kit" not in sections:
+        # Unprovisioned or broken identity: id 0 marks it; nothing is sent in safe mode.
+        sections["kit"] = KitSection.model_construct(id=0, name="未配置 / unconfigured")
+    return KitConfig.model_construct(None, **{**_defaults(), **sections})
+
+
+def _defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, info in KitConfig.model_fields.items():
+        if info.default_factory is not None:
+            out[name] = info.default_factory()  # type: ignore[call-arg]
+    return out
+
+
+def render_default(kit_id: int, name: str, data_dir: str, runtime_dir: str) -> str:
+    """A commented starting config, as written by ``kit init-config``."""
+    return f"""\
+# 野外通信套件配置 / Field kit configuration
+# Every key is checked; unknown keys are errors. `kit config check FILE` lists them all.
+
+[kit]
+id = {kit_id}            # 1–65535, unique per kit (set at provisioning)
+name = "{name}"
+
+[paths]
+data_dir = "{data_dir}"       # store, media, keys (relative paths: relative to this file)
+runtime_dir = "{runtime_dir}" # sockets of the bus and the edge daemon
+
+[edge]
+max_batch = 512          # accepts committed per transaction (group commit)
+
+[log]
+level = "INFO"
+"""

@@ -1,0 +1,1 @@
+"""Devices on the Pi behind injectable backends: GNSS, modems, GPIO, power, the clock."""

@@ -1,0 +1,1 @@
+"""The kit's core: item model, durable store, the edge daemon and the bus."""

@@ -1,0 +1,202 @@
+"""The `kit` command: run the kit, file reports, show status, check config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from config.loader import BadConfig, default_path, load, parse, render_default
+from edge.errors import KitError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: $KIT_CONFIG or /etc/kit/kit.toml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kit", description="野外应急通信套件 / Field-communications kit for rescue teams"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="启动套件全部进程 / start all of the kit's processes")
+    _config_arg(p)
+    p = sub.add_parser("edge", help="只运行 edge 进程（systemd 用）/ run the edge daemon alone")
+    _config_arg(p)
+
+    p = sub.add_parser("status", help="套件状态 / show the kit's status")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+
+    p = sub.add_parser("report", help="从命令行提交报告 / file a report from the shell")
+    _config_arg(p)
+    p.add_argument("kind", help="sos, trapped, casualties, needs, situation, message, other, track")
+    p.add_argument("--text", "-t", help="文字说明 / free text")
+    p.add_argument("--position", "-p", help="纬度,经度[,海拔] / lat,lon[,alt]")
+    p.add_argument("--count", "-n", type=int, help="人数 / number of people")
+    p.add_argument("--priority", help="P0–P4 (default: by kind)")
+    p.add_argument("--source", default="cli", help="who files it (default: cli)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+    p = sub.add_parser("config", help="配置文件工具 / config file tools")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = csub.add_parser("check", help="检查配置，列出全部错误 / list every error in a config")
+    c.add_argument("file", type=Path)
+
+    p = sub.add_parser("init-config", help="写一个初始配置 / write a starting config")
+    p.add_argument("file", type=Path)
+    p.add_argument("--id", type=int, default=1, help="kit id 1–65535 (default 1)")
+    p.add_argument("--name", default="演示套件 / demo kit")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--runtime-dir", default="run")
+    return parser
+
+
+def fail(err: KitError | str, code: int = EXIT_FAILED) -> int:
+    print(f"错误 / error: {err}", file=sys.stderr)
+    return code
+
+
+def _client(config_path: Path | None) -> Any:
+    from edge.client import EdgeClient
+    from edge.daemon import RPC_SOCKET
+
+    loaded = load(config_path)
+    return EdgeClient(
+        loaded.config.endpoint(RPC_SOCKET), timeout_s=loaded.config.edge.rpc_timeout_s, retries=1
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from edge.item import Kind, Position, new_item
+
+    try:
+        kind = Kind.parse(args.kind)
+        position = Position.parse(args.position) if args.position else None
+        data: dict[str, int] = {}
+        if args.count is not None:
+            data["count"] = args.count
+        item = new_item(
+            kind,
+            source=args.source,
+            priority=args.priority,
+            text=args.text,
+            position=position,
+            data=data,
+        )
+    except KitError as err:
+        return fail(err, EXIT_USAGE)
+    with _client(args.config) as client:
+        try:
+            answer = client.accept(item)
+        except KitError as err:
+            return fail(err)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "seq": answer["seq"],
+                    "uid": str(item.uid),
+                    "kind": kind.value,
+                    "priority": item.priority.name,
+                    "state": answer["state"],
+                }
+            )
+        )
+    else:
+        print(f"已受理 / accepted: #{answer['seq']} {item.priority.name} {kind.value} ({item.uid})")
+    return EXIT_OK
+
+
+def _status_table(s: dict[str, Any]) -> str:
+    lines = [
+        f"套件 / kit        {s['kit']['id']}  {s['kit']['name']}",
+        f"运行 / uptime     {s['uptime_s']} s  (pid {s['pid']})",
+    ]
+    if s["safe_mode"]:
+        lines.append(f"安全模式 / SAFE MODE — 配置错误 / config errors in {s['config']}:")
+        lines += [f"    {e}" for e in s["config_errors"]]
+    lines.append("待发送 / queued   " + "  ".join(f"{p}:{n}" for p, n in s["queued"].items()))
+    lines.append(f"存储 / store      {s['store']['path']}  ({s['store']['bytes'] / 1e6:.1f} MB)")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args.config) as client:
+        try:
+            status = client.status()
+        except KitError as err:
+            if args.json:
+                print(json.dumps({"edge": {"running": False, "error": err.en}}))
+            return fail(err)
+    if args.json:
+        print(json.dumps({"edge": {"running": True}, **status}, ensure_ascii=False))
+    else:
+        print(_status_table(status))
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        parse(args.file)
+    except BadConfig as bad:
+        print(f"配置有 {len(bad.issues)} 处错误 / {len(bad.issues)} error(s) in {args.file}:")
+        for issue in bad.issues:
+            print(f"  {issue}")
+        return EXIT_FAILED
+    print(f"配置正确 / config OK: {args.file}")
+    return EXIT_OK
+
+
+def cmd_init_config(args: argparse.Namespace) -> int:
+    if args.file.exists():
+        return fail(f"{args.file} 已存在，不覆盖 / already exists, not overwriting", EXIT_USAGE)
+    if not 1 <= args.id <= 65535:
+        return fail("kit id 必须在 1–65535 / kit id must be 1-65535", EXIT_USAGE)
+    args.file.parent.mkdir(parents=True, exist_ok=True)
+    args.file.write_text(render_default(args.id, args.name, args.data_dir, args.runtime_dir))
+    print(f"已写入 / wrote {args.file}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "report":
+        return cmd_report(args)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "config":
+        return cmd_config_check(args)
+    if args.command == "init-config":
+        return cmd_init_config(args)
+    config_path = args.config or default_path()
+    if args.command == "edge":
+        from edge.daemon import main as edge_main
+
+        return edge_main(config_path)
+    if args.command == "run":
+        from edge.supervisor import run
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s kit %(levelname)s %(message)s")
+        loaded = load(config_path)
+        if loaded.safe_mode:
+            print(f"安全模式 / SAFE MODE: {config_path} 有错误 / has errors:", file=sys.stderr)
+            for issue in loaded.issues:
+                print(f"  {issue}", file=sys.stderr)
+        return run(config_path)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

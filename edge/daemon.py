@@ -1,0 +1,314 @@
+"""The edge daemon: sole writer of the outbox; answers "accept" only once an item is on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import zmq
+import zmq.asyncio
+
+from config.loader import Loaded
+from config.loader import load as load_config
+from edge import bus, topics
+from edge.errors import BadItem, KitError, StoreLocked
+from edge.item import Item, check_size, from_wire
+from edge.store import Accepted, Store
+
+log = logging.getLogger("edge")
+
+RPC_SOCKET = "edge"
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+@dataclass
+class _Pending:
+    item: Item
+    reply: Callable[[dict[str, Any]], None]
+
+
+def error_reply(err: KitError) -> dict[str, Any]:
+    return {"ok": False, "error": {"type": type(err).__name__, "zh": err.zh, "en": err.en}}
+
+
+def lock_store(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data folder for this process's lifetime (the one writer)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "edge.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLocked(
+            f"另一个 edge 进程正在使用 {data_dir}", f"another edge daemon is using {data_dir}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class EdgeDaemon:
+    """Owns the store, serves RPC, runs the bus proxy and commits accepts in groups."""
+
+    def __init__(self, loaded: Loaded, store: Store, ctx: zmq.asyncio.Context) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.store = store
+        self.ctx = ctx
+        self.started = time.monotonic()
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self.commits = 0
+        self.accepted = 0
+
+    # -- group commit ----------------------------------------------------------------------
+
+    async def run_writer(self, publisher: bus.Publisher) -> None:
+        """Commit everything that queued up while the previous commit was on its way to disk."""
+        max_batch = self.config.edge.max_batch
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                group, self._pending = self._pending[:max_batch], self._pending[max_batch:]
+                try:
+                    results = await self.store.accept_many([p.item for p in group])
+                except Exception as exc:  # disk full, I/O error: tell every waiting client
+                    log.exception("commit of %d items failed", len(group))
+                    for p in group:
+                        p.reply(
+                            {
+                                "ok": False,
+                                "error": {
+                                    "type": "StoreError",
+                                    "zh": f"存储写入失败：{exc}",
+                                    "en": f"store write failed: {exc}",
+                                },
+                            }
+                        )
+                    continue
+                self.commits += 1
+                for p, result in zip(group, results, strict=True):
+                    if isinstance(result, BadItem):
+                        p.reply(error_reply(result))
+                        continue
+                    p.reply(_accepted_reply(result))
+                    if result.new:
+                        self.accepted += 1
+                        await publisher.publish(
+                            topics.ITEM_ACCEPTED,
+                            topics.ItemAccepted(
+                                result.seq, p.item.kind.value, int(p.item.priority), p.item.source
+                            ),
+                        )
+
+    def _enqueue(self, item: Item, reply: Callable[[dict[str, Any]], None]) -> None:
+        self._pending.append(_Pending(item, reply))
+        self._wake.set()
+
+    # -- RPC -------------------------------------------------------------------------------
+
+    async def serve_rpc(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            # ROUTER envelope: identity frames, an empty delimiter, then the request.
+            try:
+                split = frames.index(b"")
+            except ValueError:
+                log.warning("dropped a request without an envelope")
+                continue
+            envelope, body = frames[: split + 1], frames[split + 1 :]
+
+            def reply(answer: dict[str, Any], envelope: list[bytes] = envelope) -> None:
+                sock.send_multipart([*envelope, cbor2.dumps(answer)], flags=zmq.NOBLOCK)
+
+            if len(body) != 1 or len(body[0]) > MAX_REQUEST_BYTES:
+                reply(_bad_request("请求格式无效或过大", "malformed or oversized request"))
+                continue
+            try:
+                request = cbor2.loads(body[0])
+            except Exception:
+                reply(_bad_request("请求不是有效的 CBOR", "request is not valid CBOR"))
+                continue
+            if not isinstance(request, dict):
+                reply(_bad_request("请求不是映射", "request is not a map"))
+                continue
+            handler = self._handlers().get(str(request.get("op")))
+            if handler is None:
+                reply(
+                    _bad_request(
+                        f"未知操作：{request.get('op')!r}", f"unknown op {request.get('op')!r}"
+                    )
+                )
+                continue
+            try:
+                await handler(request, reply)
+            except KitError as err:
+                reply(error_reply(err))
+
+    def _handlers(
+        self,
+    ) -> dict[str, Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], Awaitable[None]]]:
+        return {"accept": self._op_accept, "status": self._op_status, "get": self._op_get}
+
+    async def _op_accept(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        item = from_wire(request.get("item"))
+        check_size(item)
+        self._enqueue(item, reply)  # the answer goes out after the group's commit
+
+    async def _op_status(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        reply({"ok": True, **self.status()})
+
+    async def _op_get(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        seq = request.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise BadItem("需要整数序号", "an integer seq is required")
+        stored = await self.store.get(seq)
+        if stored is None:
+            reply(
+                {
+                    "ok": False,
+                    "error": {"type": "NotFound", "zh": f"没有条目 {seq}", "en": f"no item {seq}"},
+                }
+            )
+            return
+        reply(
+            {
+                "ok": True,
+                "seq": stored.seq,
+                "state": stored.state.name,
+                "attempts": stored.attempts,
+                "link": stored.link,
+                "kind": stored.item.kind.value,
+                "priority": stored.item.priority.name,
+            }
+        )
+
+    def status(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        try:
+            db_bytes = sum(
+                os.path.getsize(p)
+                for p in (self.store.path, Path(f"{self.store.path}-wal"))
+                if p.exists()
+            )
+        except OSError:
+            db_bytes = -1
+        return {
+            "kit": {"id": self.config.kit.id, "name": self.config.kit.name},
+            "safe_mode": self.loaded.safe_mode,
+            "config": str(self.loaded.source),
+            "config_errors": [str(i) for i in self.loaded.issues],
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "queued": {p.name: n for p, n in self.store.queued().items()},
+            "states": {f"{s.name}.{p.name}": n for (s, p), n in sorted(counts.items())},
+            "accepted_since_start": self.accepted,
+            "commits": self.commits,
+            "requeued_at_start": self.store.requeued_at_start,
+            "store": {"path": str(self.store.path), "bytes": db_bytes},
+        }
+
+
+def _accepted_reply(result: Accepted) -> dict[str, Any]:
+    return {"ok": True, "seq": result.seq, "new": result.new, "state": result.state.name}
+
+
+def _bad_request(zh: str, en: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"type": "BadRequest", "zh": zh, "en": en}}
+
+
+async def serve(
+    loaded: Loaded, stop: asyncio.Event, ready: Callable[[], None] | None = None
+) -> None:
+    """Start the daemon's steps in order and run until ``stop`` is set."""
+    config = loaded.config
+    lock_fd = lock_store(config.paths.data_dir)
+    config.paths.runtime_dir.mkdir(parents=True, exist_ok=True)
+    ctx = zmq.asyncio.Context()
+    tasks: list[asyncio.Task[None]] = []
+    store = await Store.open(config.store_path)
+    rpc = ctx.socket(zmq.ROUTER)
+    rpc.setsockopt(zmq.LINGER, 0)
+    publisher: bus.Publisher | None = None
+    try:
+        if store.requeued_at_start:
+            log.info("put %d in-flight items back to ready", store.requeued_at_start)
+        daemon = EdgeDaemon(loaded, store, ctx)
+        tasks.append(
+            asyncio.create_task(
+                bus.run_proxy(ctx, config.endpoint(bus.PUB_SOCKET), config.endpoint(bus.SUB_SOCKET))
+            )
+        )
+        publisher = bus.Publisher(ctx, config.endpoint(bus.PUB_SOCKET))
+        tasks.append(asyncio.create_task(daemon.run_writer(publisher)))
+        rpc.bind(config.endpoint(RPC_SOCKET))
+        tasks.append(asyncio.create_task(daemon.serve_rpc(rpc)))
+        if loaded.safe_mode:
+            log.error("安全模式 / SAFE MODE: config %s has errors:", loaded.source)
+            for issue in loaded.issues:
+                log.error("  %s", issue)
+            await publisher.publish(
+                topics.SAFE_MODE, topics.SafeMode("edge", [str(i) for i in loaded.issues])
+            )
+        log.info(
+            "edge ready: %s, %d items queued",
+            config.endpoint(RPC_SOCKET),
+            sum(store.queued().values()),
+        )
+        if ready:
+            ready()
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stopper and t.exception():
+                raise t.exception()  # type: ignore[misc]
+        stopper.cancel()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        rpc.close(0)
+        if publisher:
+            publisher.close()
+        await store.close()
+        ctx.term()
+        os.close(lock_fd)
+
+
+def main(config_path: Path | None = None) -> int:
+    """Run the edge daemon until SIGTERM/SIGINT (what systemd and ``kit run`` start)."""
+    loaded = load_config(config_path)
+    logging.basicConfig(
+        level=loaded.config.log.level,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(loaded, stop)
+
+    try:
+        asyncio.run(run())
+    except KitError as err:
+        log.error("%s", err)
+        return 1
+    return 0

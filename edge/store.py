@@ -1,0 +1,530 @@
+"""The outbox: items on disk with an explicit delivery state machine (aiosqlite, WAL, FULL sync).
+
+Only the edge daemon opens a :class:`Store` for writing. Every write is one
+transaction; :meth:`Store.accept_many` takes a whole group of accepts so that one
+fsync covers many clients (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from edge.errors import BadItem, InvalidTransition
+from edge.item import Item, Kind, Priority, decode, encode
+
+SCHEMA_VERSION = 1
+
+
+class State(IntEnum):
+    """Delivery state of an item in the outbox."""
+
+    ACCEPTED = 0  # durable, waiting for a link ("ready")
+    IN_FLIGHT = 1  # sent on at least one link, no acknowledgement yet
+    ACKNOWLEDGED = 2  # the centre has stored it
+    EVICTABLE = 3  # acknowledged and no longer needed locally (media may be deleted)
+    SUPERSEDED = 4  # a P2 value replaced by a newer one from the same source before sending
+
+
+# The whole state machine. Anything not listed raises InvalidTransition.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.ACCEPTED: frozenset({State.IN_FLIGHT, State.ACKNOWLEDGED, State.SUPERSEDED}),
+    State.IN_FLIGHT: frozenset({State.ACCEPTED, State.ACKNOWLEDGED}),
+    State.ACKNOWLEDGED: frozenset({State.EVICTABLE}),
+    State.EVICTABLE: frozenset(),
+    # A superseded track may still have reached the centre on an earlier send.
+    State.SUPERSEDED: frozenset({State.ACKNOWLEDGED}),
+}
+
+
+def check_transition(old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        raise InvalidTransition(
+            f"状态不能从 {old.name} 变为 {new.name}",
+            f"cannot move an item from {old.name} to {new.name}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The store's answer to one accept: the kit-local sequence number."""
+
+    seq: int
+    uid: uuid.UUID
+    new: bool  # False when the uid was already stored (a client's retry)
+    state: State
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """An item waiting for a link, as the scheduler sees it (decoded only when needed)."""
+
+    seq: int
+    priority: Priority
+    kind: Kind
+    size: int
+    created_ms: int
+    source: str
+    body: bytes
+
+    @property
+    def item(self) -> Item:
+        return decode(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An item with its delivery record."""
+
+    seq: int
+    item: Item
+    state: State
+    accepted_ms: int
+    attempts: int
+    link: str | None
+    acked_ms: int | None
+
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: it names the item on the wire
+    uid BLOB NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    clock_ok INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    accepted_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    link TEXT,
+    sent_ms INTEGER,
+    acked_ms INTEGER
+);
+-- The ready queue only: next_items() walks it in (class, seq) order, size from the index.
+CREATE INDEX IF NOT EXISTS items_ready ON items(priority, seq, size) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS items_inflight ON items(seq) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS items_tracks ON items(kind, source, created_ms) WHERE priority = 2;
+-- Counts per (state, class), kept in the same transactions, so start-up never scans items.
+CREATE TABLE IF NOT EXISTS counts (
+    state INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (state, priority)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+_COLUMNS = "seq, priority, kind, size, created_ms, source, body"
+INSERT_SQL = (
+    "INSERT INTO items (uid, kind, priority, state, created_ms, clock_ok, source, size, body,"
+    " accepted_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def row_for(item: Item, body: bytes, state: State, now_ms: int) -> tuple[object, ...]:
+    """The values of :data:`INSERT_SQL` for ``item`` (``body`` is ``encode(item)``)."""
+    size = len(body) + (item.media.size if item.media else 0)
+    return (
+        item.uid.bytes,
+        item.kind.value,
+        int(item.priority),
+        int(state),
+        item.created_ms,
+        int(item.clock_ok),
+        item.source,
+        size,
+        body,
+        now_ms,
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    """The kit's outbox on SQLite. Open with :meth:`open`; one instance per process."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        self._write = asyncio.Lock()  # one write transaction at a time on the one connection
+        self._counts: Counter[tuple[State, Priority]] = Counter()
+        self.requeued_at_start = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path | str) -> Store:
+        """Open (creating if needed) the store and put in-flight items back to ready."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.executescript(_DDL)
+            await cls._check_version(db)
+            store = cls(db, path)
+            await store._start()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    @staticmethod
+    async def _check_version(db: aiosqlite.Connection) -> None:
+        async with db.execute("SELECT value FROM meta WHERE key='schema'") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            await db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"store schema {row[0]} is not supported (expected {SCHEMA_VERSION})"
+            )
+
+    async def _start(self) -> None:
+        async with self._write:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = list(
+                    await self._db.execute_fetchall(
+                        "UPDATE items SET state = 0 WHERE state = 1 RETURNING priority"
+                    )
+                )
+                moved: Counter[tuple[State, Priority]] = Counter()
+                for (prio,) in rows:
+                    moved[(State.IN_FLIGHT, Priority(prio))] -= 1
+                    moved[(State.ACCEPTED, Priority(prio))] += 1
+                await self._save_counts(moved)
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        self.requeued_at_start = len(rows)
+        async with self._db.execute("SELECT state, priority, n FROM counts") as cur:
+            for state, prio, n in await cur.fetchall():
+                self._counts[(State(state), Priority(prio))] = n
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # -- counts ----------------------------------------------------------------------------
+
+    async def _save_counts(self, delta: Counter[tuple[State, Priority]]) -> None:
+        changes = [(int(s), int(p), n) for (s, p), n in delta.items() if n]
+        if changes:
+            await self._db.executemany(
+                "INSERT INTO counts(state, priority, n) VALUES (?, ?, ?) "
+                "ON CONFLICT(state, priority) DO UPDATE SET n = n + excluded.n",
+                changes,
+            )
+
+    def counts(self) -> dict[tuple[State, Priority], int]:
+        """Items per (state, class), from memory (kept in step with the counts table)."""
+        return {k: v for k, v in self._counts.items() if v}
+
+    def queued(self) -> dict[Priority, int]:
+        """Items not yet acknowledged per class (ready or in flight)."""
+        out = {p: 0 for p in Priority}
+        for (state, prio), n in self._counts.items():
+            if state in (State.ACCEPTED, State.IN_FLIGHT):
+                out[prio] += n
+        return out
+
+    async def _transaction_commit(self, delta: Counter[tuple[State, Priority]]) -> None:
+        await self._save_counts(delta)
+        await self._db.execute("COMMIT")
+        self._counts.update(delta)
+
+    # -- accepting -------------------------------------------------------------------------
+
+    async def accept(self, item: Item) -> Accepted:
+        result = (await self.accept_many([item]))[0]
+        if isinstance(result, BadItem):
+            raise result
+        return result
+
+    async def accept_many(self, items: Sequence[Item]) -> list[Accepted | BadItem]:
+        """Store ``items`` durably in ONE transaction (group commit); idempotent per uid.
+
+        Returns when the transaction is committed with ``synchronous=FULL``, i.e. on disk.
+        Each result is the item's :class:`Accepted` record, or a :class:`BadItem` if its uid
+        is already stored with different content (that item alone is refused).
+        The number of round trips to the database thread does not grow with the group.
+        """
+        if not items:
+            return []
+        now = _now_ms()
+        bodies = [encode(item) for item in items]
+        delta: Counter[tuple[State, Priority]] = Counter()
+        async with self._write:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                results = await self._insert_group(items, bodies, now, delta)
+                await self._transaction_commit(delta)
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        return results
+
+    async def _by_uid(self, uids: Sequence[bytes], columns: str) -> dict[bytes, tuple[Any, ...]]:
+        out: dict[bytes, tuple[Any, ...]] = {}
+        for i in range(0, len(uids), 500):
+            chunk = uids[i : i + 500]
+            rows = await self._db.execute_fetchall(
+                f"SELECT uid, {columns} FROM items WHERE uid IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update((bytes(r[0]), tuple(r[1:])) for r in rows)
+        return out
+
+    async def _insert_group(
+        self,
+        items: Sequence[Item],
+        bodies: list[bytes],
+        now: int,
+        delta: Counter[tuple[State, Priority]],
+    ) -> list[Accepted | BadItem]:
+        uids = [item.uid.bytes for item in items]
+        existing = await self._by_uid(uids, "seq, body, state")
+        # The first copy of a uid in this group is the one stored; later copies are retries.
+        fresh: dict[bytes, int] = {}
+        for i, uid in enumerate(uids):
+            if uid not in existing and uid not in fresh:
+                fresh[uid] = i
+        states = {i: State.ACCEPTED for i in fresh.values()}
+        winners = await self._decide_tracks(items, list(fresh.values()), states)
+        await self._db.executemany(
+            INSERT_SQL + " ON CONFLICT(uid) DO NOTHING",
+            [row_for(items[i], bodies[i], states[i], now) for i in fresh.values()],
+        )
+        seqs = {uid: row[0] for uid, row in (await self._by_uid(list(fresh), "seq")).items()}
+        for i in fresh.values():
+            delta[(states[i], items[i].priority)] += 1
+        if winners:
+            await self._supersede_older(winners, min(seqs.values()), delta)
+        results: list[Accepted | BadItem] = []
+        for i, (item, uid) in enumerate(zip(items, uids, strict=True)):
+            if fresh.get(uid) == i:
+                results.append(Accepted(seqs[uid], item.uid, True, states[i]))
+                continue
+            if uid in existing:
+                seq, body, state = existing[uid]
+                body = bytes(body)
+            else:  # a second copy of a uid first seen in this very group
+                j = fresh[uid]
+                seq, body, state = seqs[uid], bodies[j], states[j]
+            if body != bodies[i]:
+                results.append(_uid_reused(item.uid))
+            else:
+                results.append(Accepted(seq, item.uid, False, State(state)))
+        return results
+
+    async def _decide_tracks(
+        self, items: Sequence[Item], fresh: list[int], states: dict[int, State]
+    ) -> list[Item]:
+        """Latest value wins per (kind, source) among P2 items; returns the group's winners.
+
+        A new P2 item older than one already stored (or than another in this group) is
+        stored as SUPERSEDED at once: a late-arriving old position never replaces a newer one.
+        """
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i in fresh:
+            if items[i].priority is Priority.P2:
+                groups.setdefault((items[i].kind.value, items[i].source), []).append(i)
+        winners: list[Item] = []
+        for (kind, source), members in groups.items():
+            newest = max(members, key=lambda i: (items[i].created_ms, i))
+            rows = await self._db.execute_fetchall(
+                "SELECT max(created_ms) FROM items WHERE priority = 2 AND kind = ? AND source = ?"
+                " AND state != 4",
+                (kind, source),
+            )
+            stored_newest = next(iter(rows))[0]
+            for i in members:
+                if i != newest:
+                    states[i] = State.SUPERSEDED
+            if stored_newest is not None and stored_newest > items[newest].created_ms:
+                states[newest] = State.SUPERSEDED
+            else:
+                winners.append(items[newest])
+        return winners
+
+    async def _supersede_older(
+        self, winners: list[Item], first_new_seq: int, delta: Counter[tuple[State, Priority]]
+    ) -> None:
+        n = 0
+        for item in winners:
+            rows = await self._db.execute_fetchall(
+                "UPDATE items SET state = 4 WHERE priority = 2 AND kind = ? AND source = ?"
+                " AND created_ms <= ? AND state = 0 AND seq < ? RETURNING seq",
+                (item.kind.value, item.source, item.created_ms, first_new_seq),
+            )
+            n += len(list(rows))
+        delta[(State.ACCEPTED, Priority.P2)] -= n
+        delta[(State.SUPERSEDED, Priority.P2)] += n
+
+    # -- the scheduler's view --------------------------------------------------------------
+
+    async def next_items(
+        self,
+        classes: Iterable[Priority],
+        max_size: int,
+        limit: int = 16,
+    ) -> list[Queued]:
+        """Ready items a link may carry: highest class first, oldest first, at most ``max_size``."""
+        out: list[Queued] = []
+        for prio in sorted(set(classes)):
+            if len(out) >= limit:
+                break
+            rows = await self._db.execute_fetchall(
+                f"SELECT {_COLUMNS} FROM items INDEXED BY items_ready"
+                " WHERE state = 0 AND priority = ? AND size <= ? ORDER BY seq LIMIT ?",
+                (int(prio), max_size, limit - len(out)),
+            )
+            out.extend(
+                Queued(r[0], Priority(r[1]), Kind(r[2]), r[3], r[4], r[5], bytes(r[6]))
+                for r in rows
+            )
+        return out
+
+    async def get(self, key: int | uuid.UUID) -> Stored | None:
+        column, value = ("seq", key) if isinstance(key, int) else ("uid", key.bytes)
+        async with self._db.execute(
+            "SELECT seq, body, state, accepted_ms, attempts, link, acked_ms FROM items"
+            f" WHERE {column} = ?",
+            (value,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Stored(row[0], decode(bytes(row[1])), State(row[2]), row[3], row[4], row[5], row[6])
+
+    # -- transitions -----------------------------------------------------------------------
+
+    async def _move(
+        self,
+        seqs: Iterable[int],
+        new: State,
+        *,
+        skip: frozenset[State] = frozenset(),
+        extra_sql: str = "",
+        extra_args: tuple[object, ...] = (),
+    ) -> list[int]:
+        """Move ``seqs`` to ``new`` in one transaction; states in ``skip`` are left as they are.
+
+        Raises :class:`InvalidTransition` (changing nothing) if any item may not move.
+        Returns the sequence numbers that changed state.
+        """
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return []
+        moved: list[int] = []
+        delta: Counter[tuple[State, Priority]] = Counter()
+        async with self._write:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows: list[sqlite3.Row] = []
+                for i in range(0, len(wanted), 500):
+                    chunk = wanted[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows.extend(
+                        await self._db.execute_fetchall(
+                            f"SELECT seq, state, priority FROM items WHERE seq IN ({marks})", chunk
+                        )
+                    )
+                if len(rows) != len(wanted):
+                    found = {r[0] for r in rows}
+                    missing = [s for s in wanted if s not in found][:5]
+                    raise InvalidTransition(f"没有这些条目：{missing}", f"no such items: {missing}")
+                for seq, state, prio in rows:
+                    old = State(state)
+                    if old in skip:
+                        continue
+                    if old is not new:
+                        check_transition(old, new)
+                        delta[(old, Priority(prio))] -= 1
+                        delta[(new, Priority(prio))] += 1
+                    elif new is not State.IN_FLIGHT:  # only a re-send updates a same-state row
+                        continue
+                    moved.append(seq)
+                for i in range(0, len(moved), 500):
+                    chunk = moved[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    await self._db.execute(
+                        f"UPDATE items SET state = ?{extra_sql} WHERE seq IN ({marks})",
+                        (int(new), *extra_args, *chunk),
+                    )
+                await self._transaction_commit(delta)
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        return moved
+
+    async def mark_in_flight(self, seqs: Iterable[int], link: str) -> list[int]:
+        """Record a send on ``link``; a P0 item may be in flight on several links at once.
+
+        Items acknowledged (or superseded) meanwhile are skipped: only the returned
+        sequence numbers may be sent.
+        """
+        return await self._move(
+            seqs,
+            State.IN_FLIGHT,
+            skip=frozenset({State.ACKNOWLEDGED, State.EVICTABLE, State.SUPERSEDED}),
+            extra_sql=", attempts = attempts + 1, link = ?, sent_ms = ?",
+            extra_args=(link, _now_ms()),
+        )
+
+    async def requeue(self, seqs: Iterable[int]) -> list[int]:
+        """Put unacknowledged in-flight items back to ready (a send failed or timed out).
+
+        Items acknowledged meanwhile stay acknowledged: an ack may overtake a time-out.
+        """
+        return await self._move(
+            seqs,
+            State.ACCEPTED,
+            skip=frozenset({State.ACCEPTED, State.ACKNOWLEDGED, State.EVICTABLE, State.SUPERSEDED}),
+        )
+
+    async def acknowledge(self, seqs: Iterable[int]) -> list[int]:
+        """The centre stored these items. Repeated acknowledgements change nothing."""
+        return await self._move(
+            seqs,
+            State.ACKNOWLEDGED,
+            skip=frozenset({State.ACKNOWLEDGED, State.EVICTABLE}),
+            extra_sql=", acked_ms = ?",
+            extra_args=(_now_ms(),),
+        )
+
+    async def mark_evictable(self, seqs: Iterable[int]) -> list[int]:
+        """Acknowledged items whose local copy is no longer needed."""
+        return await self._move(seqs, State.EVICTABLE, skip=frozenset({State.EVICTABLE}))
+
+    # -- checks ----------------------------------------------------------------------------
+
+    async def integrity_check(self) -> str:
+        async with self._db.execute("PRAGMA integrity_check") as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else "no answer"
+
+
+def _uid_reused(uid: uuid.UUID) -> BadItem:
+    return BadItem(
+        f"条目编号 {uid} 已用于不同内容", f"item id {uid} was already used for different content"
+    )

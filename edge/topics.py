@@ -1,0 +1,81 @@
+"""Every bus topic and its message type, declared in one place.
+
+Status events may be dropped (ZeroMQ PUB/SUB drops past its high-water mark):
+items never travel on the bus; they are accepted over RPC and kept in the outbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Topic(Generic[T]):
+    name: str
+    type: type[T]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemAccepted:
+    seq: int
+    kind: str
+    priority: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsDelivered:
+    seqs: list[int]
+    link: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    name: str
+    kind: str
+    online: bool
+    rate_bps: float
+    rtt_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PositionFix:
+    lat: float
+    lon: float
+    alt_m: float | None
+    time_ms: int
+    satellites: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryLevel:
+    percent: float
+    volts: float
+    on_mains: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SafeMode:
+    process: str
+    errors: list[str]
+
+
+ITEM_ACCEPTED = Topic("item.accepted", ItemAccepted)
+ITEMS_DELIVERED = Topic("item.delivered", ItemsDelivered)
+LINK_STATE = Topic("link.state", LinkState)
+POSITION_FIX = Topic("position.fix", PositionFix)
+BATTERY_LEVEL = Topic("power.battery", BatteryLevel)
+SAFE_MODE = Topic("kit.safe_mode", SafeMode)
+
+ALL: tuple[Topic[object], ...] = (
+    ITEM_ACCEPTED,
+    ITEMS_DELIVERED,
+    LINK_STATE,
+    POSITION_FIX,
+    BATTERY_LEVEL,
+    SAFE_MODE,
+)  # type: ignore[assignment]
+BY_NAME: dict[str, Topic[object]] = {t.name: t for t in ALL}

@@ -1,0 +1,1 @@
+"""Meshtastic: team messages and positions, downlink to the team, kit-to-kit relay."""

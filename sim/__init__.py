@@ -1,0 +1,1 @@
+"""The outside world, simulated: modems, radios, drone, satellites, link conditions."""

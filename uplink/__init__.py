@@ -1,0 +1,1 @@
+"""Links, the scheduler, narrow-link framing and fragmentation, resumable IP transfer."""
