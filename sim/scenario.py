@@ -1,0 +1,186 @@
+"""Scenario files: the emulated links of a test or demo, and their outages, in TOML.
+
+A scenario has an optional ``description``, a ``seed`` (loss and jitter repeat run to
+run) and one ``[[links]]`` table per link::
+
+    description = "VSAT that drops out, Beidou, and a LoRa mesh neighbour"
+    seed = 0
+
+    [[links]]
+    name = "vsat"              # unique; lower-case letters, digits, - and _
+    kind = "ip"                # ip | tiantong_data | tiantong_sms | beidou | mesh
+    rate = 250_000             # bytes/s kit → centre (2 Mbit/s)
+    rate_down = 1_250_000      # bytes/s centre → kit; default: as rate
+    rtt = 0.6                  # seconds; each direction adds rtt/2
+    jitter = 0.02              # seconds, ± on each one-way delay
+    loss = 0.01                # probability a frame is lost
+    mtu = 1500                 # bytes; larger frames are refused
+    buffer = 262_144           # transmit buffer per direction, bytes (>= mtu)
+    cost_per_byte = 0.00001
+    cost_per_message = 0.0
+    min_interval = 0           # seconds between frames from one end (Beidou: 60)
+    outages = [[120, 150], [300, 330]]   # [down, up] seconds from start; up may be inf
+
+Only ``name``, ``kind`` and ``rate`` are required; the rest default to a perfect link
+(no delay, loss, cost or interval; MTU 1,500; buffer 64 KiB; always up). Times are in
+seconds, sizes in bytes. ``mtu`` may not exceed what the kind can carry: ``mesh`` 233,
+``beidou`` 1,750, ``tiantong_sms`` 140. ``load_scenario`` reports every mistake at once,
+each with its key path, e.g. ``links[0].rtte: 未知的键 / unknown key``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import ErrorDetails
+
+from edge.errors import KitError
+from sim.linkemu import Clock, EmulatedLink, LinkConditions, Outage, check_outages
+
+
+class LinkKind(StrEnum):
+    """What sort of link a scenario entry stands for."""
+
+    IP = "ip"
+    TIANTONG_DATA = "tiantong_data"
+    TIANTONG_SMS = "tiantong_sms"
+    BEIDOU = "beidou"
+    MESH = "mesh"
+
+
+# The largest frame each kind can carry (PROTOCOLS.md): Meshtastic Data.payload, a
+# Beidou 5.0 regional message, one 8-bit SMS segment; IP kinds are bounded by the schema.
+MAX_MTU = {LinkKind.MESH: 233, LinkKind.BEIDOU: 1750, LinkKind.TIANTONG_SMS: 140}
+
+
+class _Identity(BaseModel):
+    """Name and kind, validated before the conditions so the MTU check can see the kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[a-z0-9_-]+$",
+        description="Unique name of the link: lower-case letters, digits, - and _.",
+    )
+    kind: LinkKind = Field(
+        description="ip, tiantong_data, tiantong_sms, beidou or mesh.", strict=False
+    )
+
+
+# Base order matters: pydantic takes fields from the last base first, so _Identity's
+# name and kind come before LinkConditions' numbers.
+class LinkSpec(LinkConditions, _Identity):
+    """One link of a scenario: its conditions and when it is down."""
+
+    outages: list[Annotated[tuple[float, float], Strict(False)]] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="[down, up] pairs in seconds from the start, in order; up may be inf.",
+    )
+
+    @field_validator("mtu")
+    @classmethod
+    def _mtu_fits_kind(cls, mtu: int, info: ValidationInfo) -> int:
+        kind = info.data.get("kind")
+        limit = MAX_MTU.get(kind) if isinstance(kind, LinkKind) else None
+        if limit is not None and mtu > limit:
+            raise ValueError(f"a {kind} link carries at most {limit} bytes per frame")
+        return mtu
+
+    @field_validator("outages")
+    @classmethod
+    def _outages_in_order(cls, outages: list[Outage]) -> list[Outage]:
+        return list(check_outages(outages))
+
+
+class Scenario(BaseModel):
+    """A set of emulated links, as read from a scenario file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    description: str = Field(default="", max_length=2000, description="What the scenario shows.")
+    seed: int = Field(
+        default=0, ge=0, le=2**32 - 1, description="Seed for loss and jitter, so runs repeat."
+    )
+    links: list[LinkSpec] = Field(min_length=1, max_length=64, description="The links.")
+
+    @field_validator("links")
+    @classmethod
+    def _names_unique(cls, links: list[LinkSpec]) -> list[LinkSpec]:
+        seen: set[str] = set()
+        for link in links:
+            if link.name in seen:
+                raise ValueError(f"two links are named {link.name!r}")
+            seen.add(link.name)
+        return links
+
+
+class ScenarioError(KitError, ValueError):
+    """A scenario file that cannot be used; ``problems`` lists (key path, message)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = "".join(f"\n  {path or '(file)'}: {message}" for path, message in problems)
+        super().__init__(
+            f"场景文件 {source} 有 {len(problems)} 处错误",
+            f"scenario file {source} has {len(problems)} error(s):{lines}",
+        )
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check a scenario file; raise ``ScenarioError`` listing every mistake."""
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ScenarioError(source, [("", f"无法读取 / cannot read: {err.strerror}")]) from err
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ScenarioError(source, [("", f"TOML 语法错误 / TOML syntax error: {err}")]) from err
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        problems = [(_key_path(e["loc"]), _message(e)) for e in err.errors()]
+        raise ScenarioError(source, problems) from None
+
+
+def build_links(scenario: Scenario, clock: Clock) -> dict[str, EmulatedLink]:
+    """One unstarted ``EmulatedLink`` per scenario link, by name, all on ``clock``."""
+    return {
+        spec.name: EmulatedLink(
+            spec, name=spec.name, clock=clock, outages=spec.outages, seed=scenario.seed + index
+        )
+        for index, spec in enumerate(scenario.links)
+    }
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _message(error: ErrorDetails) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "未知的键 / unknown key"
+    if kind == "missing":
+        return "缺少此项 / missing"
+    return error["msg"].removeprefix("Value error, ")
