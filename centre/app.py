@@ -1,0 +1,206 @@
+"""The centre's ingest service: the aiohttp application and the ``kit centre`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from centre import ingest, tus
+from centre.config import CentreConfig, build_config, load_config
+from centre.errors import BadCentreConfig, Refused, UnknownKit
+from centre.frames import FrameGateway, pack_relay, unpack_relay
+from centre.keys import CONFIG, STORE, UPLOADS
+from centre.store import Store
+from centre.udpgw import UdpServer, serve_udp
+from centre.uploads import Uploads
+from uplink.frames import BadFrame, decode_frame
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+FRAMES_TYPE = "application/octet-stream"
+
+
+@dataclass
+class Gateways:
+    """The narrow links' frame gateways by name, and the UDP sockets of those that have one."""
+
+    by_name: dict[str, FrameGateway] = field(default_factory=dict)
+    udp: dict[str, UdpServer] = field(default_factory=dict)
+
+
+GATEWAYS = web.AppKey("gateways", Gateways)
+
+
+@web.middleware
+async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every refusal with its status and bilingual reason, and log the reason."""
+    try:
+        return await handler(request)
+    except (Refused, UnknownKit) as err:
+        status = err.status if isinstance(err, Refused) else 403
+        headers = err.headers if isinstance(err, Refused) else {}
+        log.warning(
+            "refused %s %s from %s with %d: %s",
+            request.method,
+            request.path,
+            request.remote,
+            status,
+            err,
+        )
+        return web.Response(status=status, text=str(err), headers=headers)
+
+
+async def _tus_resumable(request: web.Request, response: web.StreamResponse) -> None:
+    # On every media response, the framework's own 404/405 included.
+    if request.path.startswith(tus.PREFIX):
+        response.headers["Tus-Resumable"] = tus.TUS_VERSION
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = await Store.open(config.db_path, config.media_dir)
+    try:
+        await store.sync_kits(config.kits)
+        uploads = Uploads(store)
+        await uploads.recover()
+        app[STORE] = store
+        app[UPLOADS] = uploads
+        yield
+    finally:
+        await store.close()
+
+
+async def _gateways(app: web.Application) -> AsyncIterator[None]:
+    """Start each configured frame gateway (after the store opens; stopped before it closes)."""
+    gateways = Gateways()
+    app[GATEWAYS] = gateways
+    try:
+        for entry in app[CONFIG].gateways:
+            gateway = FrameGateway(
+                app[STORE], name=entry.name, mtu=entry.mtu, missing_after_s=entry.missing_after_s
+            )
+            gateways.by_name[entry.name] = gateway
+            if entry.kind == "udp":
+                gateways.udp[entry.name] = await serve_udp(gateway, entry.address)
+        yield
+    finally:
+        for server in gateways.udp.values():
+            await server.close()
+
+
+async def post_frames(request: web.Request) -> web.Response:
+    """``POST /v1/frames`` for relays: length-prefixed frames in, the answers out likewise.
+
+    The ``Kit-Link`` header names the gateway (may be left out when there is only one).
+    The answer holds the gateway's replies to these frames, then its requests for
+    missing fragments of the kits these frames came from.
+    """
+    gateways = request.app[GATEWAYS].by_name
+    name = request.headers.get("Kit-Link")
+    if name is None and len(gateways) == 1:
+        gateway = next(iter(gateways.values()))
+    elif name is None:
+        raise Refused(
+            400,
+            f"请在 Kit-Link 中指明网关：{sorted(gateways)}",
+            f"name the gateway in Kit-Link: one of {sorted(gateways)}",
+        )
+    elif name in gateways:
+        gateway = gateways[name]
+    else:
+        raise Refused(404, f"没有名为 {name!r} 的帧网关", f"no frame gateway named {name!r}")
+    try:
+        frames = unpack_relay(await ingest._read_body(request))
+    except BadFrame as err:
+        raise Refused(400, err.zh, err.en) from None
+    answers: list[bytes] = []
+    kits: set[int] = set()
+    for frame in frames:
+        answers += await gateway.handle(frame)
+        with contextlib.suppress(BadFrame):
+            kits.add(decode_frame(frame).kit_id)
+    answers += await gateway.missing(kits)
+    return web.Response(body=pack_relay(answers), content_type=FRAMES_TYPE)
+
+
+def make_app(config: CentreConfig) -> web.Application:
+    app = web.Application(middlewares=[refusals], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_gateways)
+    app.on_response_prepare.append(_tus_resumable)
+    ingest.add_routes(app)
+    tus.add_routes(app)
+    app.router.add_post("/v1/frames", post_frames)
+    return app
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kit centre", description="Command-centre ingest service (指挥中心接收服务)."
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8440")
+    parser.add_argument("--data", metavar="DIR", type=Path, help="store and media folder")
+    parser.add_argument("--config", metavar="FILE", type=Path, help="TOML config file")
+    return parser.parse_args(argv)
+
+
+def _config(args: argparse.Namespace) -> CentreConfig:
+    overrides: dict[str, Any] = {}
+    if args.listen is not None:
+        overrides["listen"] = args.listen
+    if args.data is not None:
+        overrides["data_dir"] = args.data
+    if args.config is not None:
+        return load_config(args.config, overrides)
+    return build_config(overrides, "command line")
+
+
+async def serve(config: CentreConfig) -> None:
+    """Run until SIGINT or SIGTERM, then let running requests finish and close the store."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(make_app(config), shutdown_timeout=10.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        log.info("centre listening on %s, data in %s", runner.addresses, config.data_dir)
+        await stop.wait()
+        log.info("centre stopping")
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kit centre``: 0 after a clean stop, 2 for a bad config or command line."""
+    args = _parse_args(argv)
+    try:
+        config = _config(args)
+    except BadCentreConfig as err:
+        print(err, file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as err:
+        print(f"无法启动接收服务：{err} / cannot start the centre: {err}", file=sys.stderr)
+        return 1
+    return 0

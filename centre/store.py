@@ -1,0 +1,569 @@
+"""The centre's store: each item exactly once by (kit, seq), acks kept as ranges, media linked.
+
+The linking rule: an item without media is *complete* as soon as its record is stored.
+An item with media (MediaRef) is complete only when both its record and a complete file
+with the record's sha256 and size are stored, in whichever order they arrive. Only
+complete items appear in :meth:`Store.acked_ranges`, so the kit keeps offering whatever
+half is missing. The step that completes an item also adds its seq to the ranges, in the
+same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import mimetypes
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+import aiosqlite
+
+from centre.acks import add_acked
+from centre.errors import UnknownKit
+from centre.schema import DDL, SCHEMA_VERSION
+from edge.item import Item, MediaRef, decode, encode
+from uplink.compact import narrow_key, pack_item
+
+MAX_MSG_SEQ = 2**32 - 1  # narrow-link message sequences are uint32
+INLINE_UPLOAD_ID = "inline"  # media_files.upload_id of a file that came inside an item
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class KitLike(Protocol):
+    @property
+    def kit_id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def enabled(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Kit:
+    kit_id: int
+    name: str
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """One stored item with what the centre knows about its arrival."""
+
+    kit_id: int
+    seq: int
+    item: Item
+    received_ms: int
+    link: str
+    copies: int
+    media_path: str | None  # relative to the media folder, once the file is linked
+
+    @property
+    def complete(self) -> bool:
+        return self.item.media is None or self.media_path is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What one :meth:`Store.ingest` did, by sequence number."""
+
+    stored: tuple[int, ...]  # first copies, now stored
+    duplicates: tuple[int, ...]  # further copies of stored items (counted in `copies`)
+    waiting: tuple[int, ...]  # stored media records whose file has not arrived yet
+    rejected: tuple[tuple[int, str], ...]  # seq and the reason, for the kit
+
+
+class Attached(Enum):
+    """What became of a complete upload's file."""
+
+    LINKED = "linked"  # record was there: the item is now complete
+    WAITING = "waiting"  # kept until the record arrives
+    DUPLICATE = "duplicate"  # the item already has its file; this copy is dropped
+    MISMATCH = "mismatch"  # contradicts the record's sha256 or size; upload restarts
+
+
+class Store:
+    """SQLite (WAL, synchronous=FULL) plus the media folder. Open with :meth:`open`."""
+
+    def __init__(self, db: aiosqlite.Connection, media_dir: Path) -> None:
+        self._db = db
+        self.media_dir = media_dir
+        # One connection: statements of concurrent requests must not interleave in a
+        # transaction, and reads must not see another request's uncommitted rows.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, db_path: Path, media_dir: Path) -> Store:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        media_dir.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(db_path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.executescript(DDL)
+            await db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+            async with db.execute("SELECT value FROM meta WHERE key = 'schema'") as cur:
+                row = await cur.fetchone()
+            if row is None or int(row[0]) != SCHEMA_VERSION:
+                raise RuntimeError(f"centre store schema {row} is not {SCHEMA_VERSION}")
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, media_dir)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; committed (fsynced) when the block ends without error."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                await self._db.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT (disk full): the next BEGIN must not find one open.
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            yield self._db
+
+    # -- kits ---------------------------------------------------------------------------
+
+    async def sync_kits(self, kits: Iterable[KitLike]) -> None:
+        """Make the enrolled kits match the config; kits no longer listed are disabled."""
+        rows = [(k.kit_id, k.name, int(k.enabled)) for k in kits]
+        async with self.transaction() as db:
+            await db.execute("UPDATE kits SET enabled = 0")
+            await db.executemany(
+                "INSERT INTO kits VALUES (?, ?, ?) ON CONFLICT(kit_id) DO UPDATE"
+                " SET name = excluded.name, enabled = excluded.enabled",
+                rows,
+            )
+
+    async def enroll(self, kit_id: int, name: str, enabled: bool = True) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO kits VALUES (?, ?, ?) ON CONFLICT(kit_id) DO UPDATE"
+                " SET name = excluded.name, enabled = excluded.enabled",
+                (kit_id, name, int(enabled)),
+            )
+
+    async def require_kit(self, kit_id: int) -> Kit:
+        """The kit if enrolled and enabled, else :class:`UnknownKit`."""
+        async with self.reading() as db:
+            return await _require_kit(db, kit_id)
+
+    # -- items --------------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        kit_id: int,
+        entries: Sequence[tuple[int, Item]],
+        *,
+        link: str,
+        blobs: Mapping[int, bytes] | None = None,
+    ) -> Ingested:
+        """Store each (seq, item) of ``kit_id`` once, in ONE transaction with its ack.
+
+        A copy of a stored item (same canonical encoding, or the same item as a narrow
+        link carries it: see :func:`_same_item`) bumps its ``copies`` counter; a copy
+        with more detail than the stored one (the full IP copy of an item first heard
+        over a narrow link) replaces the record. A different item under a stored seq is
+        rejected. ``blobs`` maps a seq to its whole media file when it travelled inside
+        the item (P3 thumbnails and voice notes on narrow links): the file is linked as
+        if uploaded, so the item is complete at once. Raises :class:`UnknownKit`
+        (nothing stored) for an unknown or disabled kit.
+        """
+        bodies = [(seq, item, encode(item)) for seq, item in entries]
+        if blobs:
+            await self.require_kit(kit_id)  # no file is written for a refused kit
+        # Written before the transaction, as a finished upload is; a file left by a failed
+        # transaction has the name the next copy writes, and is linked then.
+        inline = await self._write_inline(kit_id, entries, blobs or {})
+        received = now_ms()
+        stored: list[int] = []
+        duplicates: list[int] = []
+        waiting: list[int] = []
+        rejected: list[tuple[int, str]] = []
+        complete: list[int] = []
+        dropped: list[str] = []
+        async with self.transaction() as db:
+            await _require_kit(db, kit_id)
+            known = await _stored_bodies(db, kit_id, {seq for seq, _, _ in bodies})
+            rows: list[tuple[object, ...]] = []
+            for seq, item, body in bodies:
+                if seq in known:
+                    old_body, old_path = known[seq]
+                    old = item if old_body == body else decode(old_body)
+                    if old_body != body and not _same_item(seq, old, item):
+                        reason = "序号已被另一条目占用 / seq already holds a different item"
+                        log.warning("kit %d seq %d refused: %s", kit_id, seq, reason)
+                        rejected.append((seq, reason))
+                        continue
+                    duplicates.append(seq)
+                    if _fidelity(item) > _fidelity(old):
+                        values = _item_row(kit_id, seq, item, body, received, link, old_path)
+                        await db.execute(_UPGRADE_ITEM, (*values[2:14], kit_id, seq))
+                        known[seq] = (body, old_path)
+                        old = item
+                    if seq in inline and old_path is None and old.media is not None:
+                        path = await _link_inline(db, kit_id, seq, old.media, inline[seq])
+                        if path is not None:
+                            await db.execute(
+                                "UPDATE items SET media_path = ? WHERE kit_id = ? AND seq = ?",
+                                (path, kit_id, seq),
+                            )
+                            known[seq] = (known[seq][0], path)
+                            complete.append(seq)
+                    continue
+                media_path = None
+                if item.media is not None:
+                    media_path, stale = await _file_for_record(db, kit_id, seq, item)
+                    dropped += stale
+                    if media_path is None and seq in inline:
+                        media_path = await _link_inline(db, kit_id, seq, item.media, inline[seq])
+                known[seq] = (body, media_path)
+                rows.append(_item_row(kit_id, seq, item, body, received, link, media_path))
+                stored.append(seq)
+                if item.media is None or media_path is not None:
+                    complete.append(seq)
+                else:
+                    waiting.append(seq)
+            await db.executemany(_INSERT_ITEM, rows)
+            await db.executemany(
+                "UPDATE items SET copies = copies + 1 WHERE kit_id = ? AND seq = ?",
+                [(kit_id, seq) for seq in duplicates],
+            )
+            await add_acked(db, kit_id, complete)
+            for seq, (path, _, _) in inline.items():
+                async with db.execute(
+                    "SELECT path FROM media_files WHERE kit_id = ? AND seq = ?", (kit_id, seq)
+                ) as cur:
+                    recorded = await cur.fetchone()
+                if recorded is None or recorded[0] != path:
+                    dropped.append(path)  # written for nothing: the item has its file already
+        self._unlink(dropped)
+        return Ingested(tuple(stored), tuple(duplicates), tuple(waiting), tuple(rejected))
+
+    async def _write_inline(
+        self, kit_id: int, entries: Sequence[tuple[int, Item]], blobs: Mapping[int, bytes]
+    ) -> dict[int, tuple[str, int, str]]:
+        """Write each inline file (fsynced) where it will stay: {seq: (path, size, sha256)}.
+
+        Written before the transaction that records it, like a finished upload; a file
+        the transaction does not record is removed again after it.
+        """
+        out: dict[int, tuple[str, int, str]] = {}
+        for seq, item in entries:
+            blob = blobs.get(seq)
+            if blob is None:
+                continue
+            sha256 = hashlib.sha256(blob).hexdigest()
+            ref = item.media
+            if ref is None or not _media_matches(ref, sha256, len(blob)):
+                log.warning(
+                    "kit %d seq %d: inline file does not match its item; ignored", kit_id, seq
+                )
+                continue
+            suffix = mimetypes.guess_extension(ref.mime) or ""
+            path = f"{kit_id}/{seq}-inline-{sha256[:12]}{suffix}"
+            await asyncio.to_thread(_write_file, self.media_dir / path, blob)
+            out[seq] = (path, len(blob), sha256)
+        return out
+
+    async def acked_ranges(self, kit_id: int) -> list[tuple[int, int]]:
+        """Inclusive ranges of the kit's complete items, in order (what the kit may forget)."""
+        async with (
+            self.reading() as db,
+            db.execute("SELECT lo, hi FROM acked WHERE kit_id = ? ORDER BY lo", (kit_id,)) as cur,
+        ):
+            return [(int(lo), int(hi)) for lo, hi in await cur.fetchall()]
+
+    async def item(self, kit_id: int, seq: int) -> StoredItem | None:
+        async with (
+            self.reading() as db,
+            db.execute(
+                "SELECT body, received_ms, link, copies, media_path FROM items"
+                " WHERE kit_id = ? AND seq = ?",
+                (kit_id, seq),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        body, received, link, copies, media_path = row
+        return StoredItem(kit_id, seq, decode(bytes(body)), received, link, copies, media_path)
+
+    # -- narrow links -------------------------------------------------------------------
+
+    async def reserve_msg_seqs(self, kit_id: int, count: int) -> range:
+        """Reserve up to ``count`` downlink message sequences for ``kit_id``, durably.
+
+        Sequences start at 1 and are never handed out twice, whatever restarts or how
+        many gateways share the store (the tag's nonce will build on them). An empty
+        range means all 2^32 - 1 are used.
+        """
+        key = f"downlink_msg_seq:{kit_id}"
+        async with self.transaction() as db:
+            async with db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+                row = await cur.fetchone()
+            start = 1 if row is None else int(row[0])
+            end = min(start + max(count, 0), MAX_MSG_SEQ + 1)
+            if end > start:
+                await db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+                    " SET value = excluded.value",
+                    (key, str(end)),
+                )
+        return range(start, max(start, end))
+
+    # -- media --------------------------------------------------------------------------
+
+    async def attach_media(
+        self, upload_id: str, kit_id: int, seq: int, size: int, sha256: str, path: str
+    ) -> Attached:
+        """Record upload ``upload_id``'s complete file (to be renamed to ``path``) for its item.
+
+        One transaction: the upload is marked done, the file recorded, and if the item's
+        record is already here the item becomes complete and acknowledged.
+        """
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT body FROM items WHERE kit_id = ? AND seq = ?", (kit_id, seq)
+            ) as cur:
+                row = await cur.fetchone()
+            record = decode(bytes(row[0])) if row is not None else None
+            ref = record.media if record is not None else None
+            if record is not None and (ref is None or not _media_matches(ref, sha256, size)):
+                await db.execute("UPDATE uploads SET received = 0 WHERE id = ?", (upload_id,))
+                return Attached.MISMATCH
+            await db.execute(
+                "UPDATE uploads SET received = length, done = 1 WHERE id = ?", (upload_id,)
+            )
+            async with db.execute(
+                "SELECT 1 FROM media_files WHERE kit_id = ? AND seq = ?", (kit_id, seq)
+            ) as cur:
+                if await cur.fetchone() is not None:
+                    return Attached.DUPLICATE
+            await db.execute(
+                "INSERT INTO media_files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kit_id, seq, path, size, sha256, upload_id, now_ms()),
+            )
+            if record is None:
+                return Attached.WAITING
+            await db.execute(
+                "UPDATE items SET media_path = ? WHERE kit_id = ? AND seq = ?",
+                (path, kit_id, seq),
+            )
+            await add_acked(db, kit_id, [seq])
+            return Attached.LINKED
+
+    def _unlink(self, paths: Iterable[str]) -> None:
+        for rel in paths:
+            (self.media_dir / rel).unlink(missing_ok=True)
+
+
+async def _kit(db: aiosqlite.Connection, kit_id: int) -> Kit | None:
+    async with db.execute("SELECT name, enabled FROM kits WHERE kit_id = ?", (kit_id,)) as cur:
+        row = await cur.fetchone()
+    return None if row is None else Kit(kit_id, row[0], bool(row[1]))
+
+
+async def _require_kit(db: aiosqlite.Connection, kit_id: int) -> Kit:
+    kit = await _kit(db, kit_id)
+    if kit is None:
+        raise UnknownKit(f"设备 {kit_id} 未登记", f"kit {kit_id} is not enrolled")
+    if not kit.enabled:
+        raise UnknownKit(f"设备 {kit_id} 已停用", f"kit {kit_id} is disabled")
+    return kit
+
+
+_INSERT_ITEM = (
+    "INSERT INTO items (kit_id, seq, uid, kind, priority, created_ms, clock_ok, source,"
+    " text, lat, lon, alt, data, body, received_ms, link, media_path)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+_UPGRADE_ITEM = (
+    "UPDATE items SET uid = ?, kind = ?, priority = ?, created_ms = ?, clock_ok = ?,"
+    " source = ?, text = ?, lat = ?, lon = ?, alt = ?, data = ?, body = ?"
+    " WHERE kit_id = ? AND seq = ?"
+)
+
+
+def _narrow_prefix(ref: MediaRef) -> str | None:
+    """The 16-hex sha256 prefix of a media reference that came over a narrow link, else None.
+
+    A narrow link names a file by size and the first 8 bytes of its sha256, padded with
+    "0" (see :mod:`uplink.compact`); the whole file, when it arrives, matches by prefix.
+    """
+    prefix = ref.sha256[:16]
+    if ref.path.startswith("narrow/") and ref.sha256 == prefix.ljust(64, "0"):
+        return prefix
+    return None
+
+
+def _media_matches(ref: MediaRef, sha256: str, size: int) -> bool:
+    """Whether a file of ``size`` bytes hashing to ``sha256`` is the one ``ref`` names."""
+    if ref.size != size:
+        return False
+    prefix = _narrow_prefix(ref)
+    return ref.sha256 == sha256 or (prefix is not None and sha256.startswith(prefix))
+
+
+def _fidelity(item: Item) -> tuple[bool, bool]:
+    """How much of the kit's item a copy keeps: IP copies keep all, narrow ones round."""
+    whole_sha = item.media is None or _narrow_prefix(item.media) is None
+    return (narrow_key(item.uid) is None, whole_sha)
+
+
+def _same_item(seq: int, a: Item, b: Item) -> bool:
+    """Whether two differing encodings are copies of one item, one of them from a narrow link.
+
+    A narrow link carries an item with a uid made from (kit, seq), whole seconds, fixed-
+    point coordinates and an 8-byte media checksum; two copies are the same item when
+    they pack to the same narrow record.
+    """
+    if narrow_key(a.uid) is None and narrow_key(b.uid) is None:
+        return False
+    try:
+        return pack_item(seq, a) == pack_item(seq, b)
+    except (ValueError, KeyError):  # BadFrame, or what the narrow format cannot carry
+        return False
+
+
+async def _link_inline(
+    db: aiosqlite.Connection, kit_id: int, seq: int, ref: MediaRef, file: tuple[str, int, str]
+) -> str | None:
+    """Record an inline file for a record with no file yet; its path if it matches ``ref``."""
+    path, size, sha256 = file
+    if not _media_matches(ref, sha256, size):
+        return None
+    await db.execute(
+        "INSERT OR IGNORE INTO media_files VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (kit_id, seq, path, size, sha256, INLINE_UPLOAD_ID, now_ms()),
+    )
+    async with db.execute(
+        "SELECT path FROM media_files WHERE kit_id = ? AND seq = ?", (kit_id, seq)
+    ) as cur:
+        row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+def _write_file(dest: Path, data: bytes) -> None:
+    """``data`` at ``dest``, whole or not at all, on disk when this returns."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _item_row(
+    kit_id: int,
+    seq: int,
+    item: Item,
+    body: bytes,
+    received: int,
+    link: str,
+    media_path: str | None,
+) -> tuple[object, ...]:
+    pos = item.position
+    return (
+        kit_id,
+        seq,
+        item.uid.bytes,
+        item.kind.value,
+        int(item.priority),
+        item.created_ms,
+        int(item.clock_ok),
+        item.source,
+        item.text,
+        pos.lat if pos else None,
+        pos.lon if pos else None,
+        pos.alt_m if pos else None,
+        json.dumps(dict(item.data), ensure_ascii=False, sort_keys=True),
+        body,
+        received,
+        link,
+        media_path,
+    )
+
+
+async def _stored_bodies(
+    db: aiosqlite.Connection, kit_id: int, seqs: set[int]
+) -> dict[int, tuple[bytes, str | None]]:
+    """(encoding, media path) of those of ``seqs`` the kit already has: one query per 500."""
+    found: dict[int, tuple[bytes, str | None]] = {}
+    ordered = sorted(seqs)
+    for i in range(0, len(ordered), 500):
+        chunk = ordered[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        async with db.execute(
+            f"SELECT seq, body, media_path FROM items WHERE kit_id = ? AND seq IN ({marks})",
+            (kit_id, *chunk),
+        ) as cur:
+            found.update((int(seq), (bytes(b), p)) for seq, b, p in await cur.fetchall())
+    return found
+
+
+async def _file_for_record(
+    db: aiosqlite.Connection, kit_id: int, seq: int, item: Item
+) -> tuple[str | None, list[str]]:
+    """The already-arrived file for a new media record: (its path, []) if it matches.
+
+    A file that contradicts the record (whose sha256 the kit computed from its own copy)
+    is dropped with its upload, so the kit's next HEAD gets 404 and it uploads afresh.
+    Returns (None, [paths to delete after commit]) then.
+    """
+    async with db.execute(
+        "SELECT path, size, sha256, upload_id FROM media_files WHERE kit_id = ? AND seq = ?",
+        (kit_id, seq),
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return None, []
+    path, size, sha256, upload_id = row
+    ref = item.media
+    if ref is not None and _media_matches(ref, sha256, size):
+        return str(path), []
+    log.warning(
+        "kit %d seq %d: media file %s (sha256 %s, %d bytes) contradicts the record; dropped",
+        kit_id,
+        seq,
+        path,
+        sha256,
+        size,
+    )
+    await db.execute("DELETE FROM media_files WHERE kit_id = ? AND seq = ?", (kit_id, seq))
+    await db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+    return None, [str(path)]

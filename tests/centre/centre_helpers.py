@@ -1,0 +1,139 @@
+"""Helpers and fixtures for the centre's tests: a centre on its own thread, items, store dumps.
+
+Not a conftest.py: tests elsewhere import names from the root ``conftest`` module, which a
+second conftest would shadow. Test modules import the fixtures from here by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cbor2
+import pytest
+import requests
+from aiohttp import web
+
+from centre.app import make_app
+from centre.config import CentreConfig, KitEntry
+from centre.keys import STORE
+from centre.store import Store
+from edge.item import Item, Kind, MediaRef, Position, new_item, to_wire
+
+T = TypeVar("T")
+CREATED_MS = 1_750_000_000_000
+
+
+class RunningCentre:
+    """The real application on a real socket, its event loop on a background thread."""
+
+    def __init__(self, config: CentreConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.runner = web.AppRunner(make_app(config))
+        self.url = self.call(self._start())
+        self.http = requests.Session()
+
+    async def _start(self) -> str:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the centre's loop (the store lives there) and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    @property
+    def store(self) -> Store:
+        return self.runner.app[STORE]
+
+    def post_items(self, kit: int | str, body: bytes, link: str | None = None) -> requests.Response:
+        headers = {"Kit-Id": str(kit), "Content-Type": "application/cbor"}
+        if link is not None:
+            headers["Kit-Link"] = link
+        return self.http.post(f"{self.url}/v1/items", data=body, headers=headers, timeout=30)
+
+    def acks(self, kit: int) -> list[list[int]]:
+        resp = self.http.get(f"{self.url}/v1/acks", headers={"Kit-Id": str(kit)}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        acks: list[list[int]] = cbor2.loads(resp.content)["acks"]
+        return acks
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.http.close()
+        self.call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+def report(text: str = "三号楼倒塌，被困 4 人", **kw: Any) -> Item:
+    return new_item(
+        Kind.SITUATION,
+        source="web",
+        text=text,
+        position=Position(31.83, 104.46, 650.0),
+        data={"count": 4},
+        created_ms=CREATED_MS,
+        clock_ok=True,
+        **kw,
+    )
+
+
+def photo(content: bytes, name: str = "photos/ruin.jpg") -> Item:
+    ref = MediaRef(name, len(content), hashlib.sha256(content).hexdigest(), "image/jpeg")
+    return new_item(Kind.PHOTO, source="web", media=ref, created_ms=CREATED_MS, clock_ok=True)
+
+
+def batch(entries: Sequence[tuple[int, Item]]) -> bytes:
+    return cbor2.dumps([[seq, to_wire(item)] for seq, item in entries])
+
+
+def answer(resp: requests.Response) -> dict[str, Any]:
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"] == "application/cbor"
+    out: dict[str, Any] = cbor2.loads(resp.content)
+    return out
+
+
+def dump(config: CentreConfig) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read with a separate SQLite connection."""
+    with closing(sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True)) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+
+
+KITS = (
+    KitEntry(kit_id=7, name="北川一队"),
+    KitEntry(kit_id=8, name="汶川二队"),
+    KitEntry(kit_id=9, name="丢失的设备", enabled=False),
+)
+
+
+@pytest.fixture(name="config")
+def config_fixture(tmp_path: Path) -> CentreConfig:
+    return CentreConfig(
+        listen="127.0.0.1:0",
+        data_dir=tmp_path / "centre",
+        max_upload_bytes=8 * 1024**2,
+        kits=KITS,
+    )
+
+
+@pytest.fixture(name="centre")
+def centre_fixture(config: CentreConfig) -> Iterator[RunningCentre]:
+    running = RunningCentre(config)
+    try:
+        yield running
+    finally:
+        running.stop()
