@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from config.schema import KitConfig, KitSection
+from config.schema import KitConfig, KitSection, LinkConfig
 from edge.errors import KitError
+from uplink.registry import KINDS
 
 DEFAULT_PATH = Path("/etc/kit/kit.toml")
 
@@ -58,10 +59,27 @@ def default_path() -> Path:
     return Path(os.environ.get("KIT_CONFIG", DEFAULT_PATH))
 
 
+def _key_path(loc: tuple[str | int, ...]) -> str:
+    """``links[0].rate``: list indexes in brackets, union tags (the link kind) left out."""
+    out = ""
+    after_index = False
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            after_index = True
+            continue
+        if after_index and part in KINDS:
+            after_index = False
+            continue
+        out += f".{part}" if out else part
+        after_index = False
+    return out
+
+
 def _issues(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[ConfigIssue]:
     out = []
     for e in err.errors(include_url=False):
-        loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
+        loc = _key_path((*prefix, *e["loc"]))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
@@ -131,6 +149,15 @@ def _salvage(path: Path) -> KitConfig:
         if isinstance(value, dict) and isinstance(model, type) and issubclass(model, BaseModel):
             with contextlib.suppress(ValidationError):
                 sections[name] = model.model_validate(value)
+    links = raw.get("links")
+    if isinstance(links, list):
+        # Keep every link that is valid on its own: a typo in one link must not mute the rest.
+        adapter: TypeAdapter[Any] = TypeAdapter(LinkConfig)
+        good = []
+        for entry in links:
+            with contextlib.suppress(ValidationError):
+                good.append(adapter.validate_python(entry))
+        sections["links"] = good
     if "kit" not in sections:
         # Unprovisioned or broken identity: id 0 marks it; nothing is sent in safe mode.
         sections["kit"] = KitSection.model_construct(id=0, name="未配置 / unconfigured")

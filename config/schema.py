@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from uplink.registry import LinkConfigBase, config_union
 
 # ipc:// endpoints live in the runtime folder; a Unix socket path holds at most 107 bytes.
 MAX_RUNTIME_DIR_BYTES = 80
@@ -72,6 +74,37 @@ class EdgeSection(Strict):
     )
 
 
+class UplinkSection(Strict):
+    part_bytes: int = Field(
+        4 * 1024 * 1024,
+        title="分段大小 / Transfer part size",
+        description="Media files are cut into parts of this size; several IP links carry "
+        "different parts at once (bonding).",
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+    )
+    max_fragments: int = Field(
+        16,
+        title="最多分片 / Most fragments",
+        description="Largest item on a narrow link, in frames (a 78-byte Beidou message each).",
+        ge=1,
+        le=255,
+    )
+    poll_s: float = Field(
+        1.0,
+        title="轮询间隔 / Poll interval",
+        description="Seconds an idle link waits before asking the outbox again.",
+        ge=0.05,
+        le=60,
+    )
+
+
+if TYPE_CHECKING:
+    LinkConfig = LinkConfigBase
+else:
+    LinkConfig = config_union()  # a discriminated union of every registered kind's Config
+
+
 class LogSection(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", title="日志级别 / Log level", description="Least severe level written to the log."
@@ -95,6 +128,29 @@ class KitConfig(Strict):
     log: LogSection = Field(
         default_factory=lambda: LogSection(), title="日志 / Logging", description="Logging."
     )
+    uplink: UplinkSection = Field(
+        default_factory=lambda: UplinkSection(),
+        title="上行 / Uplink",
+        description="How items travel to the centre.",
+    )
+    links: list[LinkConfig] = Field(
+        default_factory=list,
+        title="链路 / Links",
+        description="Every way out of the kit, one [[links]] table each.",
+        max_length=32,
+    )
+
+    @model_validator(mode="after")
+    def _unique_link_names(self) -> KitConfig:
+        names = [link.name for link in self.links]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"link names used twice: {', '.join(twice)}")
+        return self
+
+    @property
+    def media_dir(self) -> Path:
+        return self.paths.data_dir / "media"
 
     @property
     def store_path(self) -> Path:

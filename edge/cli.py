@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p = sub.add_parser("edge", help="只运行 edge 进程（systemd 用）/ run the edge daemon alone")
     _config_arg(p)
+    p = sub.add_parser("uplink", help="只运行上行进程（systemd 用）/ run the uplink alone")
+    _config_arg(p)
+    sub.add_parser(
+        "centre",
+        help="指挥中心接收服务 / run the command centre's ingest (kit centre --help)",
+        add_help=False,
+    )
 
     p = sub.add_parser("status", help="套件状态 / show the kit's status")
     _config_arg(p)
@@ -171,6 +178,11 @@ def cmd_init_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["centre"]:  # the centre has its own options
+        from centre.app import main as centre_main
+
+        return centre_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "report":
         return cmd_report(args)
@@ -185,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         from edge.daemon import main as edge_main
 
         return edge_main(config_path)
+    if args.command == "uplink":
+        from uplink.process import main as uplink_main
+
+        return uplink_main(config_path)
     if args.command == "run":
         from edge.supervisor import run
 

@@ -21,8 +21,8 @@ from config.loader import Loaded
 from config.loader import load as load_config
 from edge import bus, topics
 from edge.errors import BadItem, KitError, StoreLocked
-from edge.item import Item, check_size, from_wire
-from edge.store import Accepted, Store
+from edge.item import Item, Priority, check_size, from_wire
+from edge.store import Accepted, Queued, Store
 
 log = logging.getLogger("edge")
 
@@ -59,11 +59,14 @@ def lock_store(data_dir: Path) -> int:
 class EdgeDaemon:
     """Owns the store, serves RPC, runs the bus proxy and commits accepts in groups."""
 
-    def __init__(self, loaded: Loaded, store: Store, ctx: zmq.asyncio.Context) -> None:
+    def __init__(
+        self, loaded: Loaded, store: Store, ctx: zmq.asyncio.Context, publisher: bus.Publisher
+    ) -> None:
         self.loaded = loaded
         self.config = loaded.config
         self.store = store
         self.ctx = ctx
+        self.publisher = publisher
         self.started = time.monotonic()
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -72,7 +75,7 @@ class EdgeDaemon:
 
     # -- group commit ----------------------------------------------------------------------
 
-    async def run_writer(self, publisher: bus.Publisher) -> None:
+    async def run_writer(self) -> None:
         """Commit everything that queued up while the previous commit was on its way to disk."""
         max_batch = self.config.edge.max_batch
         while True:
@@ -104,7 +107,7 @@ class EdgeDaemon:
                     p.reply(_accepted_reply(result))
                     if result.new:
                         self.accepted += 1
-                        await publisher.publish(
+                        await self.publisher.publish(
                             topics.ITEM_ACCEPTED,
                             topics.ItemAccepted(
                                 result.seq, p.item.kind.value, int(p.item.priority), p.item.source
@@ -158,7 +161,61 @@ class EdgeDaemon:
     def _handlers(
         self,
     ) -> dict[str, Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], Awaitable[None]]]:
-        return {"accept": self._op_accept, "status": self._op_status, "get": self._op_get}
+        return {
+            "accept": self._op_accept,
+            "status": self._op_status,
+            "get": self._op_get,
+            "next": self._op_next,
+            "in_flight": self._op_in_flight,
+            "sent": self._op_sent,
+            "requeue": self._op_requeue,
+            "ack": self._op_ack,
+        }
+
+    # -- the uplink's view and its writes ---------------------------------------------------
+
+    async def _op_next(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        classes = _classes(request)
+        max_size = _int(request, "max_size", 1, 2**62)
+        limit = _int(request, "limit", 1, 1000)
+        rows = await self.store.next_items(classes, max_size, limit)
+        reply({"ok": True, "items": [_queued(q) for q in rows]})
+
+    async def _op_in_flight(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        rows = await self.store.in_flight(_classes(request), _int(request, "limit", 1, 1000))
+        reply({"ok": True, "items": [_queued(q) for q in rows]})
+
+    async def _op_sent(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        link = request.get("link")
+        if not isinstance(link, str) or not 0 < len(link) <= 64:
+            raise BadItem("需要链路名称", "a link name is required")
+        reply({"ok": True, "seqs": await self.store.mark_in_flight(_seqs(request), link)})
+
+    async def _op_requeue(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        reply({"ok": True, "seqs": await self.store.requeue(_seqs(request))})
+
+    async def _op_ack(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        ranges = request.get("ranges")
+        if not isinstance(ranges, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(_is_int(x) for x in r) for r in ranges
+        ):
+            raise BadItem("确认范围格式无效", "acknowledgement ranges must be [[lo, hi], …]")
+        acked = await self.store.acknowledge_ranges((int(lo), int(hi)) for lo, hi in ranges)
+        if acked:
+            await self.publisher.publish(
+                topics.ITEMS_DELIVERED, topics.ItemsDelivered(acked, str(request.get("link", "")))
+            )
+        reply({"ok": True, "seqs": acked})
 
     async def _op_accept(
         self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
@@ -225,6 +282,35 @@ class EdgeDaemon:
         }
 
 
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _int(request: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    value = request.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise BadItem(f"{key} 必须是 {lo}–{hi} 的整数", f"{key} must be an integer {lo}-{hi}")
+    return value
+
+
+def _classes(request: dict[str, Any]) -> list[Priority]:
+    raw = request.get("classes")
+    if not isinstance(raw, list) or not all(_is_int(p) and 0 <= p <= 4 for p in raw):
+        raise BadItem("classes 必须是 0–4 的列表", "classes must be a list of 0-4")
+    return [Priority(p) for p in raw]
+
+
+def _seqs(request: dict[str, Any]) -> list[int]:
+    raw = request.get("seqs")
+    if not isinstance(raw, list) or not all(_is_int(s) and s > 0 for s in raw):
+        raise BadItem("seqs 必须是正整数列表", "seqs must be a list of positive integers")
+    return [int(s) for s in raw]
+
+
+def _queued(q: Queued) -> list[Any]:
+    return [q.seq, int(q.priority), q.size, q.source, q.body]
+
+
 def _accepted_reply(result: Accepted) -> dict[str, Any]:
     return {"ok": True, "seq": result.seq, "new": result.new, "state": result.state.name}
 
@@ -249,14 +335,14 @@ async def serve(
     try:
         if store.requeued_at_start:
             log.info("put %d in-flight items back to ready", store.requeued_at_start)
-        daemon = EdgeDaemon(loaded, store, ctx)
         tasks.append(
             asyncio.create_task(
                 bus.run_proxy(ctx, config.endpoint(bus.PUB_SOCKET), config.endpoint(bus.SUB_SOCKET))
             )
         )
         publisher = bus.Publisher(ctx, config.endpoint(bus.PUB_SOCKET))
-        tasks.append(asyncio.create_task(daemon.run_writer(publisher)))
+        daemon = EdgeDaemon(loaded, store, ctx, publisher)
+        tasks.append(asyncio.create_task(daemon.run_writer()))
         rpc.bind(config.endpoint(RPC_SOCKET))
         tasks.append(asyncio.create_task(daemon.serve_rpc(rpc)))
         if loaded.safe_mode:

@@ -512,6 +512,41 @@ class Store:
             extra_args=(_now_ms(),),
         )
 
+    async def acknowledge_ranges(self, ranges: Iterable[tuple[int, int]]) -> list[int]:
+        """Apply the centre's acknowledgement ranges (inclusive); returns the seqs newly acked.
+
+        Ranges may name items this store never had (another store on the same kit id, a
+        forged frame): only known, unacknowledged items change. The centre repeats all its
+        ranges in every answer, so this walks only the (small) ready and in-flight indexes.
+        """
+        wanted: list[int] = []
+        for lo, hi in ranges:
+            if hi < lo:
+                continue
+            rows = await self._db.execute_fetchall(
+                "SELECT seq FROM items INDEXED BY items_inflight WHERE state = 1"
+                " AND seq BETWEEN ?1 AND ?2 UNION ALL"
+                " SELECT seq FROM items INDEXED BY items_ready WHERE state = 0"
+                " AND priority IN (0, 1, 2, 3, 4) AND seq BETWEEN ?1 AND ?2",
+                (lo, hi),
+            )
+            wanted.extend(r[0] for r in rows)
+        return await self.acknowledge(wanted)
+
+    async def in_flight(self, classes: Iterable[Priority], limit: int = 64) -> list[Queued]:
+        """Items sent but not yet acknowledged, oldest first (P0 goes out on every link)."""
+        marks = ",".join(str(int(p)) for p in set(classes))
+        if not marks:
+            return []
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_COLUMNS} FROM items INDEXED BY items_inflight WHERE state = 1"
+            f" AND priority IN ({marks}) ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+        return [
+            Queued(r[0], Priority(r[1]), Kind(r[2]), r[3], r[4], r[5], bytes(r[6])) for r in rows
+        ]
+
     async def mark_evictable(self, seqs: Iterable[int]) -> list[int]:
         """Acknowledged items whose local copy is no longer needed."""
         return await self._move(seqs, State.EVICTABLE, skip=frozenset({State.EVICTABLE}))

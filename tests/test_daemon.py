@@ -12,7 +12,7 @@ import cbor2
 import pytest
 from conftest import endpoint, start_edge, stop
 
-from edge.client import EdgeClient
+from edge.client import EdgeClient, checked
 from edge.errors import BadItem
 from edge.item import new_item, to_wire
 
@@ -55,7 +55,7 @@ def test_bad_requests_get_precise_errors_and_change_nothing(edge: EdgeClient) ->
     wire = to_wire(new_item("situation", source="t", text="x"))
     wire[7] = [95.0, 0.0, None, None]
     with pytest.raises(BadItem) as err:
-        edge._checked(edge.call({"op": "accept", "item": wire}))
+        checked(edge.call({"op": "accept", "item": wire}))
     assert str(err.value) == "纬度超出范围（-90…90）：95.0 / latitude out of range (-90..90): 95.0"
     assert edge.call({"op": "launch"})["error"]["en"] == "unknown op 'launch'"
     assert edge.call({"op": "accept"})["error"]["en"] == "item is not a map"

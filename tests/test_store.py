@@ -258,3 +258,16 @@ def test_same_uid_twice_in_one_group_is_stored_once(tmp_path: Path) -> None:
         assert store.queued()[Priority.P1] == 1
 
     run(go, tmp_path / "s.db")
+
+
+def test_acknowledgement_ranges_touch_only_known_unacknowledged_items(tmp_path: Path) -> None:
+    async def go(store: Store) -> None:
+        seqs = [(await store.accept(report(str(i)))).seq for i in range(6)]
+        await store.mark_in_flight(seqs[1:3], "vsat")
+        await store.acknowledge([seqs[0]])
+        acked = await store.acknowledge_ranges([(seqs[0], seqs[2]), (seqs[4], 10**9), (9, 3)])
+        assert acked == [seqs[1], seqs[2], seqs[4], seqs[5]]
+        assert [q.seq for q in await store.next_items(Priority, 10_000)] == [seqs[3]]
+        assert await store.acknowledge_ranges([(1, 10**9)]) == [seqs[3]]
+
+    run(go, tmp_path / "s.db")

@@ -1,0 +1,1 @@
+"""Link kinds: each is one module here with a ``Config`` model and a ``make(config)`` factory."""

@@ -1,0 +1,252 @@
+"""IP link kind (VSAT, cellular, Ethernet, MANET): batched items over HTTP and tus uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+import cbor2
+from pydantic import Field, field_validator
+
+from uplink.link import Link, LinkDown, LinkRefused
+from uplink.registry import LinkConfigBase
+
+if TYPE_CHECKING:
+    import aiohttp
+
+TUS_VERSION = "1.0.0"
+
+
+class Config(LinkConfigBase):
+    kind: Literal["ip"] = Field(title="类型 / Kind", description="An IP path to the centre.")
+    url: str = Field(
+        title="指挥中心地址 / Centre URL",
+        description="Base URL of the centre's ingest on this path, e.g. https://centre:8440.",
+        min_length=8,
+        max_length=200,
+    )
+    chunk_bytes: int = Field(
+        128 * 1024,
+        title="分块大小 / Chunk size",
+        description="Bytes per upload request; smaller chunks let urgent items overtake sooner.",
+        ge=4096,
+        le=16 * 1024 * 1024,
+    )
+    batch_bytes: int = Field(
+        64 * 1024,
+        title="批量大小 / Batch size",
+        description="Most bytes of small items sent in one request.",
+        ge=1024,
+        le=1024 * 1024,
+    )
+    streams: int = Field(
+        4,
+        title="并发分块 / Concurrent chunks",
+        description="Most chunk uploads in flight at once; enough to fill rate × round trip.",
+        ge=1,
+        le=16,
+    )
+    probe_interval: float = Field(
+        10.0,
+        title="探测间隔 / Probe interval",
+        description="Seconds between reachability probes while idle.",
+        ge=0.2,
+        le=3600,
+    )
+    timeout: float = Field(
+        45.0,
+        title="请求超时 / Request timeout",
+        description="Seconds a request may stall before the link counts as down (a short "
+        "satellite fade should not abort a chunk).",
+        ge=1,
+        le=600,
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class IpLink(Link):
+    """HTTP to the centre: POST /v1/items for batches, tus (/v1/media) for media."""
+
+    kind = "ip"
+    narrow = False
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config.params(mtu=config.batch_bytes))
+        self.config = config
+        self.kit_id = 0  # set by the uplink before run()
+        self._session: aiohttp.ClientSession | None = None
+        self._failed = asyncio.Event()
+        self._failure = ""
+        self.on_acks: Any = None  # Callable[[list[tuple[int, int]]], None]
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        import aiohttp
+
+        self._failed.clear()
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self.config.timeout, sock_read=self.config.timeout
+            ),
+            headers={"Kit-Id": str(self.kit_id), "Kit-Link": self.name},
+        )
+        await self._probe()
+
+    async def receive_loop(self) -> None:
+        # Acks arrive in answers; while idle, a probe keeps `online` honest and fetches acks.
+        while True:
+            try:
+                await asyncio.wait_for(self._failed.wait(), self.config.probe_interval)
+                raise LinkDown(f"{self.name} 请求失败：{self._failure}", self._failure)
+            except TimeoutError:
+                await self._probe()
+
+    async def disconnect(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _fail(self, reason: str) -> LinkDown:
+        self._failure = reason
+        self._failed.set()
+        return LinkDown(f"{self.name} 请求失败：{reason}", f"{self.name}: {reason}")
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        import aiohttp
+
+        if self._session is None or (not self.online and path != "/v1/acks"):
+            raise LinkDown(f"链路 {self.name} 不在线", f"link {self.name} is offline")
+        url = path if path.startswith("http") else self.config.url + path
+        t0 = time.monotonic()
+        try:
+            async with self._session.request(method, url, data=data, headers=headers) as resp:
+                body = await resp.read()
+                status, hdrs = resp.status, dict(resp.headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise self._fail(f"{type(exc).__name__}: {exc}") from None
+        elapsed = time.monotonic() - t0
+        sent = len(data or b"")
+        if sent < 2048:
+            self.rtt.update(elapsed)
+        elif elapsed > self.rtt.value:
+            self.rate.update(sent / (elapsed - self.rtt.value * 0.5))
+        if status >= 500:
+            raise self._fail(f"HTTP {status}")
+        self.record_success()
+        return status, hdrs, body
+
+    async def _probe(self) -> None:
+        status, _, body = await self._request("GET", "/v1/acks")
+        if status != 200:
+            raise self._fail(f"probe answered HTTP {status}")
+        self._deliver_acks(body)
+
+    def _deliver_acks(self, body: bytes) -> None:
+        try:
+            answer = cbor2.loads(body)
+            ranges = [(int(lo), int(hi)) for lo, hi in answer.get("acks", [])]
+        except Exception:
+            self.stats.errors += 1
+            return
+        if self.on_acks is not None and ranges:
+            self.on_acks(ranges)
+
+    # -- items ------------------------------------------------------------------------------
+
+    async def post_items(self, entries: list[tuple[int, Any]]) -> None:
+        """POST a batch of ``[seq, item_wire_map]``; acknowledgements go to ``on_acks``."""
+        body = cbor2.dumps([[seq, wire] for seq, wire in entries])
+        if self.over_budget(len(body)):
+            raise LinkRefused(f"{self.name} 超出费用上限", f"{self.name}: over budget")
+        status, _, answer = await self._request(
+            "POST", "/v1/items", data=body, headers={"Content-Type": "application/cbor"}
+        )
+        self.record_send(len(body))
+        if status != 200:
+            raise LinkRefused(
+                f"指挥中心拒收：HTTP {status} {answer[:200]!r}",
+                f"centre refused the batch: HTTP {status} {answer[:200]!r}",
+            )
+        self._deliver_acks(answer)
+
+    # -- tus --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _metadata(meta: dict[str, str]) -> str:
+        return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in meta.items())
+
+    async def tus_create(self, length: int, meta: dict[str, str], *, partial: bool = False) -> str:
+        headers = {"Tus-Resumable": TUS_VERSION, "Upload-Length": str(length)}
+        if meta:
+            headers["Upload-Metadata"] = self._metadata(meta)
+        if partial:
+            headers["Upload-Concat"] = "partial"
+        status, hdrs, body = await self._request("POST", "/v1/media", headers=headers)
+        if status != 201 or "Location" not in hdrs:
+            raise LinkRefused(
+                f"创建上传失败：HTTP {status}",
+                f"upload creation failed: HTTP {status} {body[:200]!r}",
+            )
+        return hdrs["Location"]
+
+    async def tus_final(self, part_urls: list[str], meta: dict[str, str]) -> str:
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Upload-Concat": "final;" + " ".join(part_urls),
+            "Upload-Metadata": self._metadata(meta),
+        }
+        status, hdrs, body = await self._request("POST", "/v1/media", headers=headers)
+        if status != 201:
+            raise LinkRefused(
+                f"合并上传失败：HTTP {status}", f"final upload failed: HTTP {status} {body[:200]!r}"
+            )
+        return hdrs.get("Location", "")
+
+    async def tus_offset(self, url: str) -> int | None:
+        """The server's offset for ``url``, or None if it no longer knows the upload."""
+        status, hdrs, _ = await self._request("HEAD", url, headers={"Tus-Resumable": TUS_VERSION})
+        if status in (404, 410):
+            return None
+        if status != 200 or "Upload-Offset" not in hdrs:
+            raise LinkRefused(f"查询进度失败：HTTP {status}", f"HEAD failed: HTTP {status}")
+        return int(hdrs["Upload-Offset"])
+
+    async def tus_patch(self, url: str, offset: int, chunk: bytes) -> int:
+        """Send one chunk with its checksum; returns the new offset."""
+        digest = base64.b64encode(hashlib.sha1(chunk).digest()).decode()
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Checksum": f"sha1 {digest}",
+        }
+        status, hdrs, body = await self._request("PATCH", url, data=chunk, headers=headers)
+        self.record_send(len(chunk))
+        if status == 409:  # our offset was stale (another link or a lost answer): re-read it
+            return await self.tus_offset(url) or 0
+        if status != 204:
+            raise LinkRefused(
+                f"上传分块失败：HTTP {status}", f"chunk upload failed: HTTP {status} {body[:200]!r}"
+            )
+        return int(hdrs["Upload-Offset"])
+
+
+def make(config: Config) -> IpLink:
+    return IpLink(config)

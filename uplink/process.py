@@ -1,0 +1,96 @@
+"""`kit uplink`: build the configured links and run the uplink until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import zmq.asyncio
+
+from config.loader import load
+from config.schema import KitConfig
+from edge import bus, topics
+from edge.client import AsyncEdgeClient
+from edge.daemon import RPC_SOCKET
+from uplink import registry
+from uplink.runner import Uplink
+
+log = logging.getLogger("uplink")
+
+
+def build(config: KitConfig, edge: AsyncEdgeClient) -> Uplink:
+    links = [registry.make(c) for c in config.links if c.enabled]
+    return Uplink(
+        config.kit.id,
+        links,
+        edge,
+        config.paths.data_dir,
+        config.media_dir,
+        ack_timeouts={c.name: c.ack_timeout for c in config.links},
+        part_bytes=config.uplink.part_bytes,
+        max_fragments=config.uplink.max_fragments,
+        poll_s=config.uplink.poll_s,
+    )
+
+
+async def _wake_on_new_items(config: KitConfig, uplink: Uplink) -> None:
+    """A newly accepted item (a P0 above all) wakes every idle link at once."""
+    sub = bus.Subscriber(
+        zmq.asyncio.Context.instance(), config.endpoint(bus.SUB_SOCKET), topics.ITEM_ACCEPTED
+    )
+    try:
+        while True:
+            await sub.receive()
+            uplink.wake()
+    finally:
+        sub.close()
+
+
+async def serve(config: KitConfig, stop: asyncio.Event) -> None:
+    if config.kit.id == 0:
+        log.error("套件未配置编号，不发送 / kit id not configured: sending nothing until it is")
+        await stop.wait()
+        return
+    edge = AsyncEdgeClient(config.endpoint(RPC_SOCKET), timeout_s=config.edge.rpc_timeout_s)
+    uplink = build(config, edge)
+    if not uplink.links:
+        log.warning("没有配置链路 / no links configured: add [[links]] to the config")
+    log.info("uplink for kit %d: %s", config.kit.id, ", ".join(link.name for link in uplink.links))
+    tasks = [
+        asyncio.create_task(uplink.run()),
+        asyncio.create_task(_wake_on_new_items(config, uplink)),
+    ]
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stopper and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        for t in [stopper, *tasks]:
+            t.cancel()
+        await asyncio.gather(stopper, *tasks, return_exceptions=True)
+        await edge.close()
+
+
+def main(config_path: Path | None = None) -> int:
+    loaded = load(config_path)
+    logging.basicConfig(
+        level=loaded.config.log.level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    if loaded.safe_mode:
+        log.error("安全模式 / SAFE MODE: using the links that are valid; config errors:")
+        for issue in loaded.issues:
+            log.error("  %s", issue)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(loaded.config, stop)
+
+    asyncio.run(run())
+    return 0

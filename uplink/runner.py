@@ -1,0 +1,407 @@
+"""The uplink process: one sender per link asks the scheduler what to send, acks close items."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import cbor2
+
+from edge.client import AsyncEdgeClient
+from edge.errors import EdgeUnavailable, KitError
+from edge.item import Item, Priority, decode, to_wire
+from uplink import compact, frames
+from uplink.kinds.ip import IpLink
+from uplink.link import FrameLink, Link, LinkDown, LinkRefused
+from uplink.msgseq import MessageSequence
+from uplink.scheduler import Candidate, LinkView, classes_for, plan, usable
+from uplink.transfer import Part, Transfer
+
+log = logging.getLogger("uplink")
+
+SENT_CACHE = 256  # narrow messages kept to answer the centre's MISSING requests
+
+
+class Uplink:
+    """Moves the outbox to the centre over every link, most urgent first, until cancelled."""
+
+    def __init__(
+        self,
+        kit_id: int,
+        links: Sequence[Link],
+        edge: AsyncEdgeClient,
+        data_dir: Path,
+        media_dir: Path,
+        *,
+        ack_timeouts: dict[str, float] | None = None,
+        part_bytes: int = 4 * 1024 * 1024,
+        max_fragments: int = 16,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.kit_id = kit_id
+        self.links = list(links)
+        self.edge = edge
+        self.media_dir = media_dir
+        self.state_dir = data_dir / "uplink"
+        self.ack_timeouts = ack_timeouts or {}
+        self.part_bytes = part_bytes
+        self.max_fragments = max_fragments
+        self.poll_s = poll_s
+        self.msgseq = MessageSequence(self.state_dir / "msgseq")
+        self.inflight: dict[int, dict[str, float]] = {}  # seq -> {link: ack deadline}
+        self.transfers: dict[int, Transfer] = {}
+        self.sent: OrderedDict[int, list[bytes]] = OrderedDict()
+        self.reassembler = frames.Reassembler()
+        self._acks: asyncio.Queue[list[tuple[int, int]]] = asyncio.Queue()
+        self._wake = {link.name: asyncio.Event() for link in self.links}
+        self._carriers: dict[str, set[str]] = {}  # link -> its streams busy with a chunk
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.acked = 0
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        for event in self._wake.values():
+            event.set()
+
+    async def run(self) -> None:
+        tasks = []
+        for link in self.links:
+            link.on_state = lambda _link: self.wake()
+            if isinstance(link, IpLink):
+                link.kit_id = self.kit_id
+                link.on_acks = self._acks.put_nowait
+            if isinstance(link, FrameLink):
+                link.on_frame = lambda frame, link=link: self._inbound(link, frame)
+            tasks.append(asyncio.create_task(link.run(), name=f"link-{link.name}"))
+            tasks.append(asyncio.create_task(self._sender(link), name=f"send-{link.name}"))
+        tasks.append(asyncio.create_task(self._ack_pump(), name="acks"))
+        tasks.append(asyncio.create_task(self._sweeper(), name="timeouts"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in [*tasks, *self._tasks]:
+                t.cancel()
+            await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
+
+    # -- acknowledgements -------------------------------------------------------------------
+
+    async def _ack_pump(self) -> None:
+        while True:
+            ranges = await self._acks.get()
+            while not self._acks.empty():
+                ranges += self._acks.get_nowait()
+            try:
+                answer = await self.edge.call({"op": "ack", "ranges": [list(r) for r in ranges]})
+            except EdgeUnavailable:
+                log.warning(
+                    "edge unavailable; acknowledgements will come again with the next answer"
+                )
+                continue
+            for seq in answer["seqs"]:
+                self.inflight.pop(seq, None)
+                transfer = self.transfers.pop(seq, None)
+                if transfer is not None:
+                    transfer.forget()
+            self.acked += len(answer["seqs"])
+            if answer["seqs"]:
+                self.wake()
+
+    def _inbound(self, link: FrameLink, data: bytes) -> None:
+        try:
+            frame = frames.decode_frame(data)
+        except frames.BadFrame as exc:
+            log.info("ignored a frame on %s: %s", link.name, exc)
+            return
+        if not frame.downlink or frame.kit_id != self.kit_id:
+            log.info("ignored a frame on %s for kit %d", link.name, frame.kit_id)
+            return
+        outcome = self.reassembler.add(frame)
+        if outcome.message is None:
+            return
+        message = outcome.message
+        try:
+            if message.type is frames.FrameType.ACK:
+                self._acks.put_nowait(
+                    [(r.start, r.stop - 1) for r in frames.unpack_ack(message.payload)]
+                )
+            elif message.type is frames.FrameType.MISSING:
+                missing = frames.unpack_missing(message.payload)
+                cached = self.sent.get(missing.msg_seq)
+                if cached is not None:
+                    asyncio.get_running_loop().create_task(
+                        self._resend(link, [cached[i] for i in missing.indices if i < len(cached)])
+                    )
+            else:
+                log.info(
+                    "frame type %s on %s not handled by the uplink", message.type.name, link.name
+                )
+        except frames.BadFrame as exc:
+            log.info("ignored a message on %s: %s", link.name, exc)
+
+    async def _resend(self, link: FrameLink, fragments: list[bytes]) -> None:
+        """A lost fragment is re-sent alone (byte-identical, so its nonce is unchanged)."""
+        for frag in fragments:
+            await self._pace(link)
+            await link.send(frag)
+
+    async def _sweeper(self) -> None:
+        """Items whose every send timed out without an acknowledgement go back to ready."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            expired = [
+                seq for seq, deadlines in self.inflight.items() if max(deadlines.values()) < now
+            ]
+            if not expired:
+                continue
+            for seq in expired:
+                del self.inflight[seq]
+            try:
+                await self.edge.call({"op": "requeue", "seqs": expired})
+                log.info("no acknowledgement in time: %d items back to ready", len(expired))
+            except EdgeUnavailable:
+                log.warning("edge unavailable; in-flight items return to ready when it restarts")
+            self.wake()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def _sender(self, link: Link) -> None:
+        while True:
+            wake = self._wake[link.name]
+            wake.clear()
+            try:
+                busy = await self._send_once(link)
+            except (LinkDown, LinkRefused, EdgeUnavailable, OSError) as exc:
+                log.info("send on %s failed: %s", link.name, exc)
+                busy = False
+            except KitError as exc:
+                log.warning("send on %s failed: %s", link.name, exc)
+                busy = False
+            if busy:
+                continue
+            timeout = self.poll_s
+            if link.online and link.narrow:
+                timeout = max(0.05, min(timeout, link.next_send_at() - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+
+    def view(self, link: Link) -> LinkView:
+        if isinstance(link, FrameLink):
+            payload = link.mtu - frames.FRAGMENT_OVERHEAD
+            max_item, batch = payload * self.max_fragments, (link.mtu - frames.SINGLE_OVERHEAD) * 4
+        else:
+            max_item, batch = 2**62, link.mtu
+        budget = None if link.params.budget is None else link.params.budget - link.stats.cost
+        return LinkView(
+            name=link.name,
+            narrow=link.narrow,
+            online=link.online,
+            classes=link.classes,
+            max_item=max_item,
+            batch_bytes=batch,
+            rate=link.rate.value,
+            ready_in=max(0.0, link.next_send_at() - time.monotonic()),
+            cost_per_byte=link.params.cost_per_byte,
+            cost_per_message=link.params.cost_per_message,
+            budget_left=budget,
+        )
+
+    async def _candidates(
+        self, link: Link, view: LinkView
+    ) -> tuple[list[Candidate], list[Candidate], dict[int, bytes]]:
+        classes = sorted(classes_for(view))
+        answer = await self.edge.call(
+            {
+                "op": "next",
+                "classes": [int(p) for p in classes],
+                "max_size": min(view.max_item, 2**62),
+                "limit": 64,
+            }
+        )
+        bodies: dict[int, bytes] = {}
+        ready = []
+        for seq, prio, size, source, body in answer["items"]:
+            bodies[seq] = body
+            ready.append(Candidate(seq, Priority(prio), size, source))
+        p0: list[Candidate] = []
+        if Priority.P0 in classes:
+            answer = await self.edge.call({"op": "in_flight", "classes": [0], "limit": 64})
+            for seq, prio, size, source, body in answer["items"]:
+                bodies[seq] = body
+                p0.append(
+                    Candidate(
+                        seq, Priority(prio), size, source, frozenset(self.inflight.get(seq, {}))
+                    )
+                )
+        return ready, p0, bodies
+
+    async def _send_once(self, link: Link) -> bool:
+        """One send decision on ``link``; True if something went out (ask again at once)."""
+        view = self.view(link)
+        if not usable(view):
+            return False
+        if isinstance(link, IpLink):
+            return await self._send_ip(link, view)
+        if isinstance(link, FrameLink):
+            return await self._send_narrow(link, view)
+        return False
+
+    def _deadline(self, link: Link, extra: float = 0.0) -> float:
+        return time.monotonic() + self.ack_timeouts.get(link.name, 60.0) + extra
+
+    async def _mark_sent(self, link: Link, seqs: list[int], deadline: float) -> list[int]:
+        answer = await self.edge.call({"op": "sent", "seqs": seqs, "link": link.name})
+        allowed: list[int] = answer["seqs"]
+        for seq in allowed:
+            self.inflight.setdefault(seq, {})[link.name] = deadline
+        return allowed
+
+    async def _unsent(self, link: Link, seqs: list[int]) -> None:
+        """The send failed: these items are no longer in flight on ``link``."""
+        back = []
+        for seq in seqs:
+            links = self.inflight.get(seq, {})
+            links.pop(link.name, None)
+            if not links:
+                self.inflight.pop(seq, None)
+                back.append(seq)
+        if back:
+            await self.edge.call({"op": "requeue", "seqs": back})
+
+    # IP: batches of small items, or one chunk of a bulk transfer, per decision.
+
+    async def _send_ip(self, link: IpLink, view: LinkView) -> bool:
+        ready, p0, bodies = await self._candidates(link, view)
+        chosen = plan(view, ready, p0)
+        items = {c.seq: decode(bodies[c.seq]) for c in chosen}
+        # Media files travel by tus (records follow their files); the rest in one batch.
+        plain = [c for c in chosen if items[c.seq].media is None]
+        if plain:
+            seqs = await self._mark_sent(link, [c.seq for c in plain], self._deadline(link))
+            if not seqs:
+                return True
+            try:
+                await link.post_items([(s, cbor2.loads(bodies[s])) for s in seqs])
+            except (LinkDown, LinkRefused):
+                await self._unsent(link, seqs)
+                raise
+            return True  # the answer's acknowledgements are on their way to the edge
+        running = self._carriers.setdefault(link.name, set())
+        streams = self.streams_for(link)
+        if len(running) >= streams:
+            return False
+        carrier = next(
+            f"{link.name}#{i}" for i in range(streams) if f"{link.name}#{i}" not in running
+        )
+        for transfer in self.transfers.values():
+            work = transfer.claim(carrier)
+            if work is not False:
+                break
+        else:
+            if not chosen:
+                return False
+            seq = chosen[0].seq
+            if not await self._mark_sent(link, [seq], math.inf):
+                return True
+            transfer = Transfer.open(
+                seq,
+                self.kit_id,
+                items[seq],
+                self.media_dir,
+                self.state_dir / "transfers",
+                self.part_bytes,
+            )
+            self.transfers[seq] = transfer
+            if transfer.complete:  # finished before a restart or a lost answer: send the record
+                await self._post_record(link, transfer)
+                return True
+            work = transfer.claim(carrier)
+            if work is False:
+                return True
+        running.add(carrier)
+        task = asyncio.create_task(self._carry(link, transfer, work, carrier))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def streams_for(self, link: IpLink) -> int:
+        """Concurrent chunk uploads that keep the link's pipe full (bandwidth × delay)."""
+        bdp = link.rate.value * link.rtt.value
+        return max(1, min(link.config.streams, math.ceil(bdp / link.config.chunk_bytes) + 1))
+
+    async def _carry(
+        self, link: IpLink, transfer: Transfer, work: Part | bool, carrier: str
+    ) -> None:
+        try:
+            await transfer.step(work, link, carrier, link.config.chunk_bytes)
+            if work is True and transfer.complete:
+                await self._post_record(link, transfer)
+        except (LinkDown, LinkRefused, OSError) as exc:
+            log.info("transfer of %d on %s interrupted: %s", transfer.seq, carrier, exc)
+        finally:
+            self._carriers[link.name].discard(carrier)
+            self._wake[link.name].set()
+
+    async def _post_record(self, link: IpLink, transfer: Transfer) -> None:
+        """The file is at the centre: send the item's record, which completes it there."""
+        self.inflight.setdefault(transfer.seq, {})[link.name] = self._deadline(link)
+        await link.post_items([(transfer.seq, to_wire(transfer.item))])
+
+    # Narrow: several small items in one frame, or one item in fragments.
+
+    async def _send_narrow(self, link: FrameLink, view: LinkView) -> bool:
+        ready, p0, bodies = await self._candidates(link, view)
+        items = {seq: decode(body) for seq, body in bodies.items()}
+        # Media crosses a narrow link only inline, and only small previews (a thumbnail,
+        # a Codec2 note); anything larger waits for an IP link.
+        ready = [c for c in ready if _inline_ok(items[c.seq])]
+        chosen = plan(view, ready, p0)
+        if not chosen:
+            return False
+        entries = [(c.seq, items[c.seq]) for c in chosen]
+        blobs = {seq: self._blob(item) for seq, item in entries if item.media is not None}
+        fit = compact.count_fitting(entries, link.mtu, blobs=blobs)
+        entries = entries[: max(fit, 1)]
+        payload = compact.pack_items(entries, blobs=blobs)
+        msg_seq = self.msgseq.next()
+        pieces = frames.fragment(self.kit_id, msg_seq, payload, link.mtu)
+        deadline = self._deadline(link, len(pieces) * link.min_interval)
+        seqs = await self._mark_sent(link, [s for s, _ in entries], deadline)
+        if not seqs:
+            return True
+        if len(seqs) != len(entries):  # some were acknowledged meanwhile: frame the rest anew
+            payload = compact.pack_items([(s, i) for s, i in entries if s in seqs], blobs=blobs)
+            pieces = frames.fragment(self.kit_id, msg_seq, payload, link.mtu)
+        self.sent[msg_seq] = pieces
+        while len(self.sent) > SENT_CACHE:
+            self.sent.popitem(last=False)
+        try:
+            for piece in pieces:
+                await self._pace(link)
+                await link.send(piece)
+        except (LinkDown, LinkRefused):
+            await self._unsent(link, seqs)
+            raise
+        return True
+
+    def _blob(self, item: Item) -> bytes:
+        assert item.media is not None
+        return (self.media_dir / item.media.path).read_bytes()
+
+    @staticmethod
+    async def _pace(link: FrameLink) -> None:
+        wait = link.next_send_at() - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+def _inline_ok(item: Item) -> bool:
+    media = item.media
+    return media is None or (item.priority is Priority.P3 and media.size <= compact.MAX_BLOB_BYTES)
