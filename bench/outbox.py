@@ -22,6 +22,9 @@ import uuid
 from pathlib import Path
 
 os.environ.setdefault("KIT_CLOCK_SYNCED", "1")
+if not __package__:
+    # Run as a file: import the kit's packages, not this folder (bench/uplink.py ≠ uplink).
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from config.loader import render_default
 from edge.client import EdgeClient

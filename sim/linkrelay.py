@@ -102,6 +102,9 @@ class LinkRelay(Switchable):
         self._connections: set[_Connection] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        # One link, one transmitter per direction: every connection shares its time line,
+        # so N parallel connections get the link's rate between them, not N times it.
+        self._tx_end = {True: -math.inf, False: -math.inf}
         self._up_since = -math.inf
         self._reset_timer: asyncio.TimerHandle | None = None
         self._refusing = False
@@ -222,7 +225,7 @@ class LinkRelay(Switchable):
             math.ceil((on_wire + self.conditions.buffer) / chunk) + 2
         )
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._shape(reader, queue, rate, chunk))
+            group.create_task(self._shape(reader, queue, rate, chunk, up))
             group.create_task(self._deliver(queue, writer, up))
 
     async def _shape(
@@ -231,13 +234,15 @@ class LinkRelay(Switchable):
         queue: asyncio.Queue[tuple[bytes, float, int] | None],
         rate: float,
         chunk_size: int,
+        up: bool,
     ) -> None:
         conditions, clock, rng = self.conditions, self.clock, self._rng
-        tx_end = last_arrival = -math.inf
+        last_arrival = -math.inf
         while chunk := await reader.read(chunk_size):
             await self._flowing.wait()
             downs = self._downs
-            tx_end = max(clock.now(), tx_end) + len(chunk) / rate
+            tx_end = max(clock.now(), self._tx_end[up]) + len(chunk) / rate
+            self._tx_end[up] = tx_end
             delay = conditions.rtt / 2 + rng.uniform(-conditions.jitter, conditions.jitter)
             segments = math.ceil(len(chunk) / conditions.mtu)
             if rng.random() < 1 - (1 - conditions.loss) ** segments:

@@ -14,7 +14,7 @@ from edge.item import Priority
 
 log = logging.getLogger(__name__)
 
-STABLE_AFTER_S = 30.0
+STABLE_MIN_S = 2.0
 
 
 class LinkDown(KitError, ConnectionError):
@@ -177,7 +177,7 @@ class Link(ABC):
                 self.stats.reconnects += 1
                 # Only a link that stayed up a while earns a quick retry; one that fails
                 # right after connecting (a UDP "connect" always succeeds) backs off.
-                if time.monotonic() - up_at > STABLE_AFTER_S:
+                if time.monotonic() - up_at > max(STABLE_MIN_S, 2 * delay):
                     delay = self.reconnect_delay
             self._set_online(False)
             await self.disconnect()

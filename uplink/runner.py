@@ -332,9 +332,14 @@ class Uplink:
         return True
 
     def streams_for(self, link: IpLink) -> int:
-        """Concurrent chunk uploads that keep the link's pipe full (bandwidth × delay)."""
-        bdp = link.rate.value * link.rtt.value
-        return max(1, min(link.config.streams, math.ceil(bdp / link.config.chunk_bytes) + 1))
+        """Concurrent chunk uploads that keep the link's pipe full (bandwidth × delay).
+
+        The configured rate is a floor: a rate measured with too few streams would only
+        confirm itself. Two spare streams cover a chunk stalled by a loss.
+        """
+        rate = max(link.params.rate, link.rate.value)
+        bdp = rate * link.rtt.value
+        return max(1, min(link.config.streams, math.ceil(bdp / link.config.chunk_bytes) + 2))
 
     async def _carry(
         self, link: IpLink, transfer: Transfer, work: Part | bool, carrier: str

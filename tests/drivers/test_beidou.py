@@ -63,10 +63,11 @@ def run(main: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
 
 @pytest.fixture(autouse=True)
 def nothing_left_open() -> Iterator[None]:
-    fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
+    # Only what THIS test opened counts: threads of earlier tests may end meanwhile.
+    fds, threads = set(os.listdir("/proc/self/fd")), set(threading.enumerate())
     yield
-    assert len(os.listdir("/proc/self/fd")) == fds, "file descriptors (ptys) left open"
-    assert threading.active_count() == threads, "threads left running"
+    assert not set(os.listdir("/proc/self/fd")) - fds, "file descriptors (ptys) left open"
+    assert not set(threading.enumerate()) - threads, "threads left running"
 
 
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:

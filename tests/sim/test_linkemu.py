@@ -372,6 +372,24 @@ def test_relay_forwards_http_with_added_delay_and_rate() -> None:
     run(main())
 
 
+def test_parallel_connections_share_the_links_rate() -> None:
+    async def main() -> None:
+        conditions = LinkConditions(rate=1_000_000, rate_down=200_000, rtt=0.05)
+        async with (
+            http_server() as target,
+            LinkRelay(("127.0.0.1", 0), target, conditions) as relay,
+        ):
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            results = await asyncio.gather(*(fetch(relay.address, 100_000) for _ in range(3)))
+            elapsed = loop.time() - start
+        assert all(body == bytes(100_000) for body, _ in results)
+        # One link: 300 kB at 200 kB/s take 1.5 s however many connections carry them.
+        assert elapsed >= 1.4
+
+    run(main())
+
+
 def test_relay_stalls_through_a_short_outage_and_resets_on_a_long_one() -> None:
     async def main() -> None:
         conditions = LinkConditions(rate=1e6, rtt=0.1)

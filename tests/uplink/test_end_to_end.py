@@ -8,9 +8,8 @@ import socket
 import time
 from pathlib import Path
 
-from harness import Kit, centre, centre_items, free_port, kit
-
 from edge.item import Kind, Position, new_item
+from sim.harness import Kit, centre, centre_items, free_port, kit
 from sim.linkemu import LinkConditions
 from sim.linkrelay import DatagramRelay, LinkRelay
 

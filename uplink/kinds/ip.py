@@ -73,6 +73,39 @@ class Config(LinkConfigBase):
         return value.rstrip("/")
 
 
+class Throughput:
+    """The link's achieved rate: bytes over the time at least one request was in flight.
+
+    Per-request figures would show each of N concurrent streams a 1/N share of the link.
+    """
+
+    WINDOW_S = 2.0
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.busy_since = 0.0
+        self.busy = 0.0
+        self.bytes = 0
+
+    def begin(self, now: float) -> None:
+        if self.active == 0:
+            self.busy_since = now
+        self.active += 1
+
+    def end(self, now: float, nbytes: int) -> float | None:
+        """Account one finished request; returns a rate sample once a window is full."""
+        self.active -= 1
+        self.bytes += nbytes
+        busy = self.busy + (now - self.busy_since)
+        if self.active == 0:
+            self.busy, self.busy_since = busy, now
+        if busy < self.WINDOW_S:
+            return None
+        sample = self.bytes / busy
+        self.bytes, self.busy, self.busy_since = 0, 0.0, now
+        return sample if sample > 0 else None
+
+
 class IpLink(Link):
     """HTTP to the centre: POST /v1/items for batches, tus (/v1/media) for media."""
 
@@ -82,11 +115,15 @@ class IpLink(Link):
     def __init__(self, config: Config) -> None:
         super().__init__(config.params(mtu=config.batch_bytes))
         self.config = config
+        # Probing an IP path costs one small request: come back quickly after a fade.
+        self.reconnect_delay = 0.5
+        self.max_reconnect_delay = 5.0
         self.kit_id = 0  # set by the uplink before run()
         self._session: aiohttp.ClientSession | None = None
         self._failed = asyncio.Event()
         self._failure = ""
         self.on_acks: Any = None  # Callable[[list[tuple[int, int]]], None]
+        self._meter = Throughput()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -134,19 +171,22 @@ class IpLink(Link):
         if self._session is None or (not self.online and path != "/v1/acks"):
             raise LinkDown(f"链路 {self.name} 不在线", f"link {self.name} is offline")
         url = path if path.startswith("http") else self.config.url + path
+        sent = len(data or b"")
         t0 = time.monotonic()
+        self._meter.begin(t0)
         try:
             async with self._session.request(method, url, data=data, headers=headers) as resp:
                 body = await resp.read()
                 status, hdrs = resp.status, dict(resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._meter.end(time.monotonic(), 0)
             raise self._fail(f"{type(exc).__name__}: {exc}") from None
-        elapsed = time.monotonic() - t0
-        sent = len(data or b"")
+        now = time.monotonic()
+        sample = self._meter.end(now, sent)
+        if sample is not None:
+            self.rate.update(sample)
         if sent < 2048:
-            self.rtt.update(elapsed)
-        elif elapsed > self.rtt.value:
-            self.rate.update(sent / (elapsed - self.rtt.value * 0.5))
+            self.rtt.update(now - t0)
         if status >= 500:
             raise self._fail(f"HTTP {status}")
         self.record_success()

@@ -1,4 +1,4 @@
-"""A whole kit and a centre as real processes, with links through emulated conditions."""
+"""A whole kit and a centre as real processes (tests, benchmarks, the demo)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,15 +90,18 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 
 @asynccontextmanager
-async def centre(root: Path, *, udp_gateways: list[str] = ()) -> AsyncIterator[tuple[str, Path]]:  # type: ignore[assignment]
+async def centre(
+    root: Path, *, udp_gateways: Sequence[str] = (), kit_ids: Sequence[int] = (KIT_ID,)
+) -> AsyncIterator[tuple[str, Path]]:
     """`kit centre` on a free port; yields its base URL and data folder."""
     port = free_port()
     data = root / "centre"
     config = root / "centre.toml"
-    gateways = "".join(gw for gw in udp_gateways)
+    gateways = "".join(udp_gateways)
     config.write_text(
         f'listen = "127.0.0.1:{port}"\ndata_dir = "{data}"\n'
-        f'[[kits]]\nkit_id = {KIT_ID}\nname = "测试套件"\n{gateways}'
+        + "".join(f'[[kits]]\nkit_id = {i}\nname = "测试套件 {i}"\n' for i in kit_ids)
+        + gateways
     )
     proc = await _spawn("centre", "--config", str(config), log=root / "centre.log")
     url = f"http://127.0.0.1:{port}"
@@ -106,7 +109,9 @@ async def centre(root: Path, *, udp_gateways: list[str] = ()) -> AsyncIterator[t
         async with aiohttp.ClientSession() as session:
             for _ in range(200):
                 try:
-                    async with session.get(url + "/v1/acks", headers={"Kit-Id": str(KIT_ID)}) as r:
+                    async with session.get(
+                        url + "/v1/acks", headers={"Kit-Id": str(kit_ids[0])}
+                    ) as r:
                         if r.status == 200:
                             break
                 except aiohttp.ClientError:
@@ -120,11 +125,14 @@ async def centre(root: Path, *, udp_gateways: list[str] = ()) -> AsyncIterator[t
 
 
 @asynccontextmanager
-async def kit(root: Path, links_toml: str, extra: str = "") -> AsyncIterator[Kit]:
+async def kit(
+    root: Path, links_toml: str, extra: str = "", kit_id: int = KIT_ID
+) -> AsyncIterator[Kit]:
     """`kit edge` and `kit uplink` with the given [[links]]; yields a client of the edge."""
     config = root / "kit.toml"
     config.write_text(
-        f'[kit]\nid = {KIT_ID}\nname = "测试套件"\n[paths]\ndata_dir = "data"\nruntime_dir = "run"\n'
+        f'[kit]\nid = {kit_id}\nname = "测试套件"\n'
+        '[paths]\ndata_dir = "data"\nruntime_dir = "run"\n'
         f"[uplink]\npoll_s = 0.2\n{extra}\n{links_toml}"
     )
     edge = AsyncEdgeClient(f"ipc://{root / 'run' / 'edge'}.sock", timeout_s=1.0)
