@@ -27,7 +27,9 @@ class BadMessage(ValueError):
 def encode(topic: Topic[T], message: T) -> list[bytes]:
     if not isinstance(message, topic.type):
         raise TypeError(f"{topic.name} carries {topic.type.__name__}, not {type(message).__name__}")
-    return [topic.name.encode(), cbor2.dumps(dataclasses.asdict(message))]  # type: ignore[call-overload]
+    # Messages are flat: read the fields directly (dataclasses.asdict deep-copies).
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}  # type: ignore[arg-type]
+    return [topic.name.encode(), cbor2.dumps(fields)]
 
 
 def decode(frames: list[bytes]) -> tuple[Topic[Any], Any]:

@@ -33,6 +33,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 @dataclass
 class _Pending:
     item: Item
+    body: bytes  # its encoding, made once by the size check
     reply: Callable[[dict[str, Any]], None]
 
 
@@ -84,7 +85,9 @@ class EdgeDaemon:
             while self._pending:
                 group, self._pending = self._pending[:max_batch], self._pending[max_batch:]
                 try:
-                    results = await self.store.accept_many([p.item for p in group])
+                    results = await self.store.accept_many(
+                        [p.item for p in group], [p.body for p in group]
+                    )
                 except Exception as exc:  # disk full, I/O error: tell every waiting client
                     log.exception("commit of %d items failed", len(group))
                     for p in group:
@@ -114,8 +117,8 @@ class EdgeDaemon:
                             ),
                         )
 
-    def _enqueue(self, item: Item, reply: Callable[[dict[str, Any]], None]) -> None:
-        self._pending.append(_Pending(item, reply))
+    def _enqueue(self, item: Item, body: bytes, reply: Callable[[dict[str, Any]], None]) -> None:
+        self._pending.append(_Pending(item, body, reply))
         self._wake.set()
 
     # -- RPC -------------------------------------------------------------------------------
@@ -221,13 +224,12 @@ class EdgeDaemon:
         self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
     ) -> None:
         item = from_wire(request.get("item"))
-        check_size(item)
-        self._enqueue(item, reply)  # the answer goes out after the group's commit
+        self._enqueue(item, check_size(item), reply)  # the answer goes out after the group's commit
 
     async def _op_status(
         self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
     ) -> None:
-        reply({"ok": True, **self.status()})
+        reply({"ok": True, **(await self.status())})
 
     async def _op_get(
         self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
@@ -256,8 +258,9 @@ class EdgeDaemon:
             }
         )
 
-    def status(self) -> dict[str, Any]:
-        counts = self.store.counts()
+    async def status(self) -> dict[str, Any]:
+        counts = await self.store.counts()
+        queued = await self.store.queued()
         try:
             db_bytes = sum(
                 os.path.getsize(p)
@@ -273,7 +276,7 @@ class EdgeDaemon:
             "config_errors": [str(i) for i in self.loaded.issues],
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 1),
-            "queued": {p.name: n for p, n in self.store.queued().items()},
+            "queued": {p.name: n for p, n in queued.items()},
             "states": {f"{s.name}.{p.name}": n for (s, p), n in sorted(counts.items())},
             "accepted_since_start": self.accepted,
             "commits": self.commits,
@@ -355,7 +358,7 @@ async def serve(
         log.info(
             "edge ready: %s, %d items queued",
             config.endpoint(RPC_SOCKET),
-            sum(store.queued().values()),
+            sum((await store.queued()).values()),
         )
         if ready:
             ready()

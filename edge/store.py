@@ -11,7 +11,6 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -117,13 +116,27 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_ready ON items(priority, seq, size) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS items_inflight ON items(seq) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS items_tracks ON items(kind, source, created_ms) WHERE priority = 2;
--- Counts per (state, class), kept in the same transactions, so start-up never scans items.
+-- Counts per (state, class), kept by triggers in the same transactions as the rows, so
+-- they are right by construction and start-up or status never scan items.
 CREATE TABLE IF NOT EXISTS counts (
     state INTEGER NOT NULL,
     priority INTEGER NOT NULL,
     n INTEGER NOT NULL,
     PRIMARY KEY (state, priority)
 ) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS items_counted_in AFTER INSERT ON items BEGIN
+    INSERT INTO counts VALUES (NEW.state, NEW.priority, 1)
+        ON CONFLICT(state, priority) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS items_counted_move AFTER UPDATE OF state ON items
+WHEN OLD.state != NEW.state BEGIN
+    UPDATE counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
+    INSERT INTO counts VALUES (NEW.state, NEW.priority, 1)
+        ON CONFLICT(state, priority) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS items_counted_out AFTER DELETE ON items BEGIN
+    UPDATE counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
+END;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
@@ -162,7 +175,7 @@ class Store:
         self._db = db
         self.path = path
         self._write = asyncio.Lock()  # one write transaction at a time on the one connection
-        self._counts: Counter[tuple[State, Priority]] = Counter()
+        self._last_seq = 0  # highest seq ever assigned (this is the only writer)
         self.requeued_at_start = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -204,53 +217,36 @@ class Store:
             try:
                 rows = list(
                     await self._db.execute_fetchall(
-                        "UPDATE items SET state = 0 WHERE state = 1 RETURNING priority"
+                        "UPDATE items SET state = 0 WHERE state = 1 RETURNING seq"
                     )
                 )
-                moved: Counter[tuple[State, Priority]] = Counter()
-                for (prio,) in rows:
-                    moved[(State.IN_FLIGHT, Priority(prio))] -= 1
-                    moved[(State.ACCEPTED, Priority(prio))] += 1
-                await self._save_counts(moved)
                 await self._db.execute("COMMIT")
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
         self.requeued_at_start = len(rows)
-        async with self._db.execute("SELECT state, priority, n FROM counts") as cur:
-            for state, prio, n in await cur.fetchall():
-                self._counts[(State(state), Priority(prio))] = n
+        seq = await self._db.execute_fetchall(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'items'"
+        )
+        self._last_seq = next((int(r[0]) for r in seq), 0)
 
     async def close(self) -> None:
         await self._db.close()
 
     # -- counts ----------------------------------------------------------------------------
 
-    async def _save_counts(self, delta: Counter[tuple[State, Priority]]) -> None:
-        changes = [(int(s), int(p), n) for (s, p), n in delta.items() if n]
-        if changes:
-            await self._db.executemany(
-                "INSERT INTO counts(state, priority, n) VALUES (?, ?, ?) "
-                "ON CONFLICT(state, priority) DO UPDATE SET n = n + excluded.n",
-                changes,
-            )
+    async def counts(self) -> dict[tuple[State, Priority], int]:
+        """Items per (state, class)."""
+        rows = await self._db.execute_fetchall("SELECT state, priority, n FROM counts WHERE n != 0")
+        return {(State(st), Priority(p)): int(n) for st, p, n in rows}
 
-    def counts(self) -> dict[tuple[State, Priority], int]:
-        """Items per (state, class), from memory (kept in step with the counts table)."""
-        return {k: v for k, v in self._counts.items() if v}
-
-    def queued(self) -> dict[Priority, int]:
+    async def queued(self) -> dict[Priority, int]:
         """Items not yet acknowledged per class (ready or in flight)."""
         out = {p: 0 for p in Priority}
-        for (state, prio), n in self._counts.items():
+        for (state, prio), n in (await self.counts()).items():
             if state in (State.ACCEPTED, State.IN_FLIGHT):
                 out[prio] += n
         return out
-
-    async def _transaction_commit(self, delta: Counter[tuple[State, Priority]]) -> None:
-        await self._save_counts(delta)
-        await self._db.execute("COMMIT")
-        self._counts.update(delta)
 
     # -- accepting -------------------------------------------------------------------------
 
@@ -260,24 +256,27 @@ class Store:
             raise result
         return result
 
-    async def accept_many(self, items: Sequence[Item]) -> list[Accepted | BadItem]:
+    async def accept_many(
+        self, items: Sequence[Item], bodies: Sequence[bytes] | None = None
+    ) -> list[Accepted | BadItem]:
         """Store ``items`` durably in ONE transaction (group commit); idempotent per uid.
 
         Returns when the transaction is committed with ``synchronous=FULL``, i.e. on disk.
         Each result is the item's :class:`Accepted` record, or a :class:`BadItem` if its uid
         is already stored with different content (that item alone is refused).
+        ``bodies``, if given, are the items' encodings (the caller already made them).
         The number of round trips to the database thread does not grow with the group.
         """
         if not items:
             return []
         now = _now_ms()
-        bodies = [encode(item) for item in items]
-        delta: Counter[tuple[State, Priority]] = Counter()
+        if bodies is None:
+            bodies = [encode(item) for item in items]
         async with self._write:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
-                results = await self._insert_group(items, bodies, now, delta)
-                await self._transaction_commit(delta)
+                results = await self._insert_group(items, bodies, now)
+                await self._db.execute("COMMIT")
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
@@ -295,45 +294,36 @@ class Store:
         return out
 
     async def _insert_group(
-        self,
-        items: Sequence[Item],
-        bodies: list[bytes],
-        now: int,
-        delta: Counter[tuple[State, Priority]],
+        self, items: Sequence[Item], bodies: Sequence[bytes], now: int
     ) -> list[Accepted | BadItem]:
         uids = [item.uid.bytes for item in items]
-        existing = await self._by_uid(uids, "seq, body, state")
-        # The first copy of a uid in this group is the one stored; later copies are retries.
-        fresh: dict[bytes, int] = {}
-        for i, uid in enumerate(uids):
-            if uid not in existing and uid not in fresh:
-                fresh[uid] = i
-        states = {i: State.ACCEPTED for i in fresh.values()}
-        winners = await self._decide_tracks(items, list(fresh.values()), states)
+        first = {uid: i for i, uid in reversed(list(enumerate(uids)))}  # first copy wins
+        states = {i: State.ACCEPTED for i in first.values()}
+        tracks = any(item.priority is Priority.P2 for item in items)
+        if tracks:
+            # The latest-value rule needs to know which tracks are new before inserting.
+            stored = await self._by_uid(uids, "seq")
+            fresh = [i for uid, i in first.items() if uid not in stored]
+            winners = await self._decide_tracks(items, fresh, states)
         await self._db.executemany(
             INSERT_SQL + " ON CONFLICT(uid) DO NOTHING",
-            [row_for(items[i], bodies[i], states[i], now) for i in fresh.values()],
+            [row_for(items[i], bodies[i], states[i], now) for i in first.values()],
         )
-        seqs = {uid: row[0] for uid, row in (await self._by_uid(list(fresh), "seq")).items()}
-        for i in fresh.values():
-            delta[(states[i], items[i].priority)] += 1
-        if winners:
-            await self._supersede_older(winners, min(seqs.values()), delta)
+        rows = await self._by_uid(uids, "seq, body, state")
+        before, self._last_seq = (
+            self._last_seq,
+            max([self._last_seq, *(r[0] for r in rows.values())]),
+        )
+        if tracks and winners:
+            await self._supersede_older(winners, before + 1)
         results: list[Accepted | BadItem] = []
         for i, (item, uid) in enumerate(zip(items, uids, strict=True)):
-            if fresh.get(uid) == i:
-                results.append(Accepted(seqs[uid], item.uid, True, states[i]))
-                continue
-            if uid in existing:
-                seq, body, state = existing[uid]
-                body = bytes(body)
-            else:  # a second copy of a uid first seen in this very group
-                j = fresh[uid]
-                seq, body, state = seqs[uid], bodies[j], states[j]
-            if body != bodies[i]:
+            seq, body, state = rows[uid]
+            if bytes(body) != bodies[i]:
                 results.append(_uid_reused(item.uid))
             else:
-                results.append(Accepted(seq, item.uid, False, State(state)))
+                new = seq > before and first[uid] == i
+                results.append(Accepted(seq, item.uid, new, State(state)))
         return results
 
     async def _decide_tracks(
@@ -366,19 +356,12 @@ class Store:
                 winners.append(items[newest])
         return winners
 
-    async def _supersede_older(
-        self, winners: list[Item], first_new_seq: int, delta: Counter[tuple[State, Priority]]
-    ) -> None:
-        n = 0
-        for item in winners:
-            rows = await self._db.execute_fetchall(
-                "UPDATE items SET state = 4 WHERE priority = 2 AND kind = ? AND source = ?"
-                " AND created_ms <= ? AND state = 0 AND seq < ? RETURNING seq",
-                (item.kind.value, item.source, item.created_ms, first_new_seq),
-            )
-            n += len(list(rows))
-        delta[(State.ACCEPTED, Priority.P2)] -= n
-        delta[(State.SUPERSEDED, Priority.P2)] += n
+    async def _supersede_older(self, winners: list[Item], first_new_seq: int) -> None:
+        await self._db.executemany(
+            "UPDATE items SET state = 4 WHERE priority = 2 AND kind = ? AND source = ?"
+            " AND created_ms <= ? AND state = 0 AND seq < ?",
+            [(w.kind.value, w.source, w.created_ms, first_new_seq) for w in winners],
+        )
 
     # -- the scheduler's view --------------------------------------------------------------
 
@@ -436,7 +419,6 @@ class Store:
         if not wanted:
             return []
         moved: list[int] = []
-        delta: Counter[tuple[State, Priority]] = Counter()
         async with self._write:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -446,21 +428,19 @@ class Store:
                     marks = ",".join("?" * len(chunk))
                     rows.extend(
                         await self._db.execute_fetchall(
-                            f"SELECT seq, state, priority FROM items WHERE seq IN ({marks})", chunk
+                            f"SELECT seq, state FROM items WHERE seq IN ({marks})", chunk
                         )
                     )
                 if len(rows) != len(wanted):
                     found = {r[0] for r in rows}
                     missing = [s for s in wanted if s not in found][:5]
                     raise InvalidTransition(f"没有这些条目：{missing}", f"no such items: {missing}")
-                for seq, state, prio in rows:
+                for seq, state in rows:
                     old = State(state)
                     if old in skip:
                         continue
                     if old is not new:
                         check_transition(old, new)
-                        delta[(old, Priority(prio))] -= 1
-                        delta[(new, Priority(prio))] += 1
                     elif new is not State.IN_FLIGHT:  # only a re-send updates a same-state row
                         continue
                     moved.append(seq)
@@ -471,7 +451,7 @@ class Store:
                         f"UPDATE items SET state = ?{extra_sql} WHERE seq IN ({marks})",
                         (int(new), *extra_args, *chunk),
                     )
-                await self._transaction_commit(delta)
+                await self._db.execute("COMMIT")
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise

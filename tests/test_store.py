@@ -49,7 +49,7 @@ def test_accept_is_idempotent_per_uid(tmp_path: Path) -> None:
         again = await store.accept(item)
         assert first.new and not again.new
         assert again.seq == first.seq
-        assert store.queued()[Priority.P1] == 1
+        assert (await store.queued())[Priority.P1] == 1
 
     run(go, tmp_path / "s.db")
 
@@ -143,7 +143,7 @@ def test_in_flight_items_return_to_ready_on_start_up(tmp_path: Path) -> None:
         assert store.requeued_at_start == 2
         ready = await store.next_items(Priority, max_size=10_000)
         assert [q.seq for q in ready] == seqs
-        assert store.counts() == {(State.ACCEPTED, Priority.P1): 3}
+        assert (await store.counts()) == {(State.ACCEPTED, Priority.P1): 3}
 
     run(second, path)
 
@@ -157,7 +157,7 @@ def test_track_from_same_source_supersedes_older(tmp_path: Path) -> None:
         assert (await store.get(other)).state is State.ACCEPTED  # type: ignore[union-attr]
         ready = [q.seq for q in await store.next_items([Priority.P2], 10_000)]
         assert ready == [other, new]
-        assert store.queued()[Priority.P2] == 2
+        assert (await store.queued())[Priority.P2] == 2
 
     run(go, tmp_path / "s.db")
 
@@ -203,7 +203,7 @@ def test_counts_follow_every_transition(tmp_path: Path) -> None:
         await store.mark_in_flight(seqs[:3], "x")
         await store.acknowledge(seqs[:2])
         await store.requeue(seqs[2:3])
-        assert store.counts() == {
+        assert (await store.counts()) == {
             (State.ACCEPTED, Priority.P1): 2,
             (State.ACKNOWLEDGED, Priority.P1): 2,
         }
@@ -244,7 +244,7 @@ def test_newest_of_several_tracks_in_one_group_commit_wins(tmp_path: Path) -> No
         states = [r.state for r in results if not isinstance(r, BadItem)]
         assert states == [State.SUPERSEDED, State.ACCEPTED, State.SUPERSEDED]
         assert (await store.get(older)).state is State.SUPERSEDED  # type: ignore[union-attr]
-        assert store.queued()[Priority.P2] == 1
+        assert (await store.queued())[Priority.P2] == 1
 
     run(go, tmp_path / "s.db")
 
@@ -255,7 +255,7 @@ def test_same_uid_twice_in_one_group_is_stored_once(tmp_path: Path) -> None:
         first, second = await store.accept_many([item, item])
         assert not isinstance(first, BadItem) and not isinstance(second, BadItem)
         assert (first.new, second.new, first.seq) == (True, False, second.seq)
-        assert store.queued()[Priority.P1] == 1
+        assert (await store.queued())[Priority.P1] == 1
 
     run(go, tmp_path / "s.db")
 
