@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the kit needs on a fresh Debian/Ubuntu machine, then runs it or its tests.
-#   ./bootstrap.sh run    – the kit's daemons with a local config (local/kit.toml)
+#   ./bootstrap.sh run    – the kit's daemons and a local command centre (configs in local/)
 #   ./bootstrap.sh test   – lint, type checks and the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -64,11 +64,19 @@ case "$cmd" in
         install_system_packages
         setup_venv
         mkdir -p local
-        if [ ! -f local/kit.toml ]; then
-            .venv/bin/kit init-config local/kit.toml
+        if [ ! -f local/centre.toml ]; then
+            printf 'listen = "127.0.0.1:8440"\ndata_dir = "centre"\n[[kits]]\nkit_id = 1\nname = "演示套件 / demo kit"\n' \
+                > local/centre.toml
         fi
-        say "starting the kit (Ctrl-C stops it); status: .venv/bin/kit status --config local/kit.toml"
-        exec .venv/bin/kit run --config local/kit.toml
+        if [ ! -f local/kit.toml ]; then
+            .venv/bin/kit init-config local/kit.toml --centre http://127.0.0.1:8440
+        fi
+        say "starting a local command centre on http://127.0.0.1:8440 (log: local/centre.log)"
+        (cd local && exec ../.venv/bin/kit centre --config centre.toml) > local/centre.log 2>&1 &
+        centre_pid=$!
+        trap 'kill "$centre_pid" 2>/dev/null; wait "$centre_pid" 2>/dev/null' EXIT
+        say "starting the kit (Ctrl-C stops both); status: .venv/bin/kit status --config local/kit.toml"
+        .venv/bin/kit run --config local/kit.toml
         ;;
     test)
         install_system_packages

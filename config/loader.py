@@ -172,8 +172,23 @@ def _defaults() -> dict[str, Any]:
     return out
 
 
-def render_default(kit_id: int, name: str, data_dir: str, runtime_dir: str) -> str:
+def render_default(
+    kit_id: int, name: str, data_dir: str, runtime_dir: str, centre_url: str | None = None
+) -> str:
     """A commented starting config, as written by ``kit init-config``."""
+    link = (
+        f"""
+# One [[links]] table per way out. kind = "ip" (VSAT, cellular, Ethernet) or "datagram".
+[[links]]
+kind = "ip"
+name = "ethernet"
+url = "{centre_url}"      # the command centre's ingest on this path
+rate = 1000000            # expected bytes/s until measured
+rtt = 0.05
+"""
+        if centre_url
+        else ""
+    )
     return f"""\
 # 野外通信套件配置 / Field kit configuration
 # Every key is checked; unknown keys are errors. `kit config check FILE` lists them all.
@@ -191,4 +206,4 @@ max_batch = 512          # accepts committed per transaction (group commit)
 
 [log]
 level = "INFO"
-"""
+{link}"""

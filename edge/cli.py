@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="演示套件 / demo kit")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--runtime-dir", default="run")
+    p.add_argument("--centre", metavar="URL", help="add an IP link to this centre URL")
     return parser
 
 
@@ -172,7 +173,11 @@ def cmd_init_config(args: argparse.Namespace) -> int:
     if not 1 <= args.id <= 65535:
         return fail("kit id 必须在 1–65535 / kit id must be 1-65535", EXIT_USAGE)
     args.file.parent.mkdir(parents=True, exist_ok=True)
-    args.file.write_text(render_default(args.id, args.name, args.data_dir, args.runtime_dir))
+    if args.centre and not args.centre.startswith(("http://", "https://")):
+        return fail("--centre 需要 http(s):// 地址 / --centre needs an http(s):// URL", EXIT_USAGE)
+    args.file.write_text(
+        render_default(args.id, args.name, args.data_dir, args.runtime_dir, args.centre)
+    )
     print(f"已写入 / wrote {args.file}")
     return EXIT_OK
 

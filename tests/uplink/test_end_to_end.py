@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
 from edge.item import Kind, Position, new_item
-from sim.harness import Kit, centre, centre_items, free_port, kit
+from sim.harness import KIT_ID, Kit, centre, centre_items, free_port, kit
 from sim.linkemu import LinkConditions
 from sim.linkrelay import DatagramRelay, LinkRelay
 
@@ -155,5 +158,62 @@ def test_every_item_reaches_the_centre_exactly_once_over_flapping_links(tmp_path
         for seq, kind in filed.items():
             if kind in (Kind.PHOTO, Kind.THUMBNAIL):
                 assert stored[seq][1] is not None, f"media of {seq} incomplete at the centre"
+
+    asyncio.run(go())
+
+
+def test_report_filed_with_kit_report_reaches_kit_centre_over_an_emulated_link(
+    tmp_path: Path,
+) -> None:
+    async def go() -> None:
+        async with centre(tmp_path) as (url, centre_dir):
+            port = int(url.rsplit(":", 1)[1])
+            conditions = LinkConditions(rate=30_000, rtt=0.8, loss=0.01)
+            async with LinkRelay(("127.0.0.1", 0), ("127.0.0.1", port), conditions) as relay:
+                config = tmp_path / "kit.toml"
+                config.write_text(
+                    f'[kit]\nid = {KIT_ID}\nname = "测试套件"\n'
+                    '[paths]\ndata_dir = "data"\nruntime_dir = "run"\n'
+                    + ip_link("satellite", relay.address, 30_000)
+                )
+                kit_run = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "edge.cli",
+                    "run",
+                    "--config",
+                    str(config),
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                try:
+                    filed = None
+                    for _ in range(100):
+                        report = await asyncio.create_subprocess_exec(
+                            sys.executable,
+                            "-m",
+                            "edge.cli",
+                            "report",
+                            "trapped",
+                            "--text",
+                            "二楼有人被困",
+                            "--count",
+                            "2",
+                            "--json",
+                            "--config",
+                            str(config),
+                            stdout=asyncio.subprocess.PIPE,
+                        )
+                        out, _ = await report.communicate()
+                        if report.returncode == 0:
+                            filed = json.loads(out)
+                            break
+                        await asyncio.sleep(0.2)  # the edge daemon is still starting
+                    assert filed is not None
+                    arrived = await wait_until(lambda: filed["seq"] in centre_items(centre_dir), 30)
+                finally:
+                    kit_run.send_signal(signal.SIGINT)
+                    await asyncio.wait_for(kit_run.wait(), 30)
+        assert arrived
+        assert kit_run.returncode == 0
 
     asyncio.run(go())
