@@ -19,6 +19,7 @@ import asyncio
 import math
 import random
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -184,7 +185,31 @@ class LinkStats:
         return self.messages_sent - self.messages_delivered - self.messages_lost
 
 
-class Switchable:
+class Running(ABC):
+    """Started and closed explicitly, or used as ``async with``."""
+
+    @abstractmethod
+    async def start(self, at: float | None = None) -> None:
+        """Begin (and arm any outage schedule from ``at``)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop and release every task and socket."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Switchable(Running):
     """Online state driven by hand or by an outage schedule; base of links and relays."""
 
     def __init__(self, name: str, clock: Clock | None, outages: Iterable[Outage]) -> None:
@@ -407,15 +432,3 @@ class EmulatedLink(Switchable):
     def _went_down(self) -> None:
         self.kit._discard_all()
         self.centre._discard_all()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

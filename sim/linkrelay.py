@@ -30,8 +30,6 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
 from sim.linkemu import (
     Clock,
@@ -135,18 +133,6 @@ class LinkRelay(Switchable):
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _came_up(self) -> None:
         self._up_since = self.clock.now()
@@ -414,18 +400,6 @@ class DatagramRelay(Switchable):
             if transport is not None:
                 transport.close()
         await asyncio.gather(*(endpoint.closed for endpoint in self._endpoints))
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _came_up(self) -> None:
         self.link.set_online(True)
