@@ -60,13 +60,10 @@ def lock_store(data_dir: Path) -> int:
 class EdgeDaemon:
     """Owns the store, serves RPC, runs the bus proxy and commits accepts in groups."""
 
-    def __init__(
-        self, loaded: Loaded, store: Store, ctx: zmq.asyncio.Context, publisher: bus.Publisher
-    ) -> None:
+    def __init__(self, loaded: Loaded, store: Store, publisher: bus.Publisher) -> None:
         self.loaded = loaded
         self.config = loaded.config
         self.store = store
-        self.ctx = ctx
         self.publisher = publisher
         self.started = time.monotonic()
         self._pending: list[_Pending] = []
@@ -344,7 +341,7 @@ async def serve(
             )
         )
         publisher = bus.Publisher(ctx, config.endpoint(bus.PUB_SOCKET))
-        daemon = EdgeDaemon(loaded, store, ctx, publisher)
+        daemon = EdgeDaemon(loaded, store, publisher)
         tasks.append(asyncio.create_task(daemon.run_writer()))
         rpc.bind(config.endpoint(RPC_SOCKET))
         tasks.append(asyncio.create_task(daemon.serve_rpc(rpc)))

@@ -62,7 +62,6 @@ class Uplink:
         self._wake = {link.name: asyncio.Event() for link in self.links}
         self._carriers: dict[str, set[str]] = {}  # link -> its streams busy with a chunk
         self._tasks: set[asyncio.Task[None]] = set()
-        self.acked = 0
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -109,7 +108,6 @@ class Uplink:
                 transfer = self.transfers.pop(seq, None)
                 if transfer is not None:
                     transfer.forget()
-            self.acked += len(answer["seqs"])
             if answer["seqs"]:
                 self.wake()
 

@@ -52,7 +52,6 @@ class Transfer:
     parts: list[Part]
     final_url: str | None = None
     finishing: bool = False
-    bytes_sent: int = 0
 
     @classmethod
     def open(
@@ -180,6 +179,5 @@ class Transfer:
                 chunk = f.read(n)
             if len(chunk) != n:
                 raise OSError(f"media file {self.path} shorter than recorded")
-            self.bytes_sent += n
             part.offset = await link.tus_patch(part.url, part.offset, chunk)
         part.done = part.offset >= part.length
