@@ -6,7 +6,7 @@ items never travel on the bus; they are accepted over RPC and kept in the outbox
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -63,12 +63,33 @@ class SafeMode:
     errors: list[str]
 
 
+# JSON/CBOR-able scalars only: a device's detail crosses the bus and lands in `kit status --json`.
+Detail = dict[str, str | int | float | bool | None]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """How one device is now (see drivers/device.py)."""
+
+    name: str  # unique in the kit: "gnss", "beidou", "tiantong", "battery", "sos-button", …
+    kind: str  # what it is: "gnss", "beidou", "tiantong", "power", "gpio", "vsat"
+    online: bool  # present and working
+    summary_zh: str  # one line for a person, e.g. "3D 定位，12 颗卫星"
+    summary_en: str
+    detail: Detail = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        return f"{self.summary_zh} / {self.summary_en}"
+
+
 ITEM_ACCEPTED = Topic("item.accepted", ItemAccepted)
 ITEMS_DELIVERED = Topic("item.delivered", ItemsDelivered)
 LINK_STATE = Topic("link.state", LinkState)
 POSITION_FIX = Topic("position.fix", PositionFix)
 BATTERY_LEVEL = Topic("power.battery", BatteryLevel)
 SAFE_MODE = Topic("kit.safe_mode", SafeMode)
+DEVICE_STATE = Topic("device.state", DeviceState)
 
 ALL: tuple[Topic[object], ...] = (
     ITEM_ACCEPTED,
@@ -77,5 +98,6 @@ ALL: tuple[Topic[object], ...] = (
     POSITION_FIX,
     BATTERY_LEVEL,
     SAFE_MODE,
+    DEVICE_STATE,
 )  # type: ignore[assignment]
 BY_NAME: dict[str, Topic[object]] = {t.name: t for t in ALL}
