@@ -20,9 +20,11 @@ from centre.config import CentreConfig, build_config, load_config
 from centre.errors import BadCentreConfig, Refused, UnknownKit
 from centre.frames import FrameGateway, pack_relay, unpack_relay
 from centre.keys import CONFIG, STORE, UPLOADS
+from centre.msggw import MessageGateway, serve_beidou
 from centre.store import Store
 from centre.udpgw import UdpServer, serve_udp
 from centre.uploads import Uploads
+from drivers.beidou import BeidouTerminal
 from uplink.frames import BadFrame, decode_frame
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class Gateways:
 
     by_name: dict[str, FrameGateway] = field(default_factory=dict)
     udp: dict[str, UdpServer] = field(default_factory=dict)
+    terminals: dict[str, tuple[MessageGateway, BeidouTerminal]] = field(default_factory=dict)
 
 
 GATEWAYS = web.AppKey("gateways", Gateways)
@@ -93,10 +96,16 @@ async def _gateways(app: web.Application) -> AsyncIterator[None]:
             gateways.by_name[entry.name] = gateway
             if entry.kind == "udp":
                 gateways.udp[entry.name] = await serve_udp(gateway, entry.address)
+            elif entry.kind == "beidou":
+                terminal = BeidouTerminal(entry.device, protocol=entry.protocol, name=entry.name)
+                gateways.terminals[entry.name] = await serve_beidou(gateway, terminal)
         yield
     finally:
         for server in gateways.udp.values():
             await server.close()
+        for msg_server, term in gateways.terminals.values():
+            await msg_server.close()
+            await term.close()
 
 
 async def post_frames(request: web.Request) -> web.Response:

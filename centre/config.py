@@ -54,11 +54,24 @@ class GatewayEntry(BaseModel):
         description="Link name stored with each item (beidou, sms, mesh …); relays name "
         "it in the Kit-Link header of POST /v1/frames.",
     )
-    kind: Literal["udp", "relay"] = Field(
+    kind: Literal["udp", "relay", "beidou"] = Field(
         default="udp",
         title="类型",
         description="udp: frames as UDP datagrams on `listen`; relay: no socket, frames "
-        "come only through POST /v1/frames.",
+        "come only through POST /v1/frames; beidou: short messages through the centre's "
+        "Beidou command terminal on `device`.",
+    )
+    device: str = Field(
+        default="/dev/ttyUSB0",
+        min_length=1,
+        max_length=255,
+        title="串口设备",
+        description="Serial device of the centre's terminal (kind beidou).",
+    )
+    protocol: Literal["4.0", "5.0"] = Field(
+        default="4.0",
+        title="北斗协议",
+        description="Beidou terminal protocol (kind beidou): 4.0 RDSS or 5.0 regional.",
     )
     listen: str = Field(
         default="127.0.0.1:9700",

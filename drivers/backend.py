@@ -43,6 +43,17 @@ class SerialDevice:
         return None
 
 
+def kind() -> str:
+    """The kind ``KIT_BACKEND`` names (``real`` when unset); :class:`BadBackend` if unknown."""
+    value = os.environ.get(ENV, "real") or "real"
+    if value not in KINDS:
+        raise BadBackend(
+            f"{ENV}={value!r} 无效，应为 {' 或 '.join(KINDS)}",
+            f"{ENV}={value!r} is not one of {', '.join(KINDS)}",
+        )
+    return value
+
+
 def choose(given: T | None, *, real: Callable[[], T], sim: Callable[[], T]) -> tuple[T, bool]:
     """``(backend, owned)``: ``given`` (the caller's to close), else a new one the driver owns.
 
@@ -51,13 +62,7 @@ def choose(given: T | None, *, real: Callable[[], T], sim: Callable[[], T]) -> t
     """
     if given is not None:
         return given, False
-    kind = os.environ.get(ENV, "real") or "real"
-    if kind not in KINDS:
-        raise BadBackend(
-            f"{ENV}={kind!r} 无效，应为 {' 或 '.join(KINDS)}",
-            f"{ENV}={kind!r} is not one of {', '.join(KINDS)}",
-        )
-    return (sim() if kind == "sim" else real()), True
+    return (sim() if kind() == "sim" else real()), True
 
 
 def serial_backend(

@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 from drivers.backend import SerialBackend, serial_backend
+from drivers.device import DeviceState
 from drivers.sentence import Sentence, StreamParser
 from drivers.serialio import DEFAULT_BACKOFF, Backoff, PortOffline, SerialPort
 from edge.errors import KitError
@@ -291,6 +292,7 @@ class BeidouTerminal:
         regional_bits: Mapping[int, int] = REGIONAL_BITS,
         frequency: int = 2,
         backoff: Backoff = DEFAULT_BACKOFF,
+        name: str = "beidou",
     ) -> None:
         if protocol not in ("4.0", "5.0"):
             raise BadSetting(
@@ -300,7 +302,9 @@ class BeidouTerminal:
         self.backend, self._owned = serial_backend(
             backend, device=DEFAULT_DEVICE, sim=lambda: _simulator(protocol)
         )
+        self.name = name
         self.on_message: Callable[[str, bytes], None] | None = None
+        self.on_state: Callable[[bool], None] | None = None  # online changed
         self._dialect = (
             _Rdss() if protocol == "4.0" else _Regional(icp_layout, regional_bits, frequency)
         )
@@ -356,6 +360,31 @@ class BeidouTerminal:
     @property
     def reconnects(self) -> int:
         return 0 if self._port is None else max(0, self._port.opens - 1)
+
+    def state(self) -> DeviceState:
+        """For ``kit status``: online, or why not; the card's figures when read."""
+        card = self.card
+        why = self._not_ready()
+        detail: dict[str, str | int | float | bool | None] = {
+            "device": self.backend.path,
+            "protocol": self._dialect.protocol,
+            "dropped": sum(self.dropped.values()),
+            "reconnects": self.reconnects,
+        }
+        if card is not None:
+            detail |= {
+                "user_id": card.user_id,
+                "mtu": card.mtu,
+                "interval_s": card.min_interval,
+                "level": card.comm_level,
+                "signal": card.signal,
+            }
+        if why is None and card is not None:
+            zh = f"卡号 {card.user_id}，每条 {card.mtu} 字节，每 {card.min_interval:g} 秒一条"
+            en = f"card {card.user_id}, {card.mtu} B per message, one per {card.min_interval:g} s"
+            return DeviceState(self.name, "beidou", True, zh, en, detail)
+        zh, en = (why.zh, why.en) if why is not None else ("未就绪", "not ready")
+        return DeviceState(self.name, "beidou", False, zh, en, detail)
 
     # --- life ------------------------------------------------------------------------
 
@@ -511,9 +540,18 @@ class BeidouTerminal:
                 card.min_interval,
             )
             self._up.set()
+            self._notify(True)
         elif not self.online and self._up.is_set():
             log.warning("%s", self._not_ready())
             self._up.clear()
+            self._notify(False)
+
+    def _notify(self, online: bool) -> None:
+        if self.on_state is not None:
+            try:
+                self.on_state(online)
+            except Exception:  # a listener's bug must not stop the driver
+                log.exception("Beidou on_state listener failed")
 
     def _on_data(self, data: bytes) -> None:
         for sentence in self._parser.feed(data):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from edge.errors import KitError
 from edge.item import Priority
+from edge.topics import DeviceState
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,14 @@ class Link(ABC):
 
     async def disconnect(self) -> None:
         """Release what :meth:`connect` took. Default: nothing to release."""
+        return None
+
+    async def close(self) -> None:
+        """Release the link's device for good (the uplink is stopping). Default: nothing."""
+        return None
+
+    def device_state(self) -> DeviceState | None:
+        """The state of the device behind the link, if it has one (a terminal, a modem)."""
         return None
 
     async def run(self) -> None:

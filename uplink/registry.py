@@ -16,6 +16,7 @@ from uplink.link import Link, LinkParams
 KINDS: dict[str, str] = {
     "ip": "uplink.kinds.ip",
     "datagram": "uplink.kinds.datagram",
+    "beidou": "uplink.kinds.beidou",
 }
 
 

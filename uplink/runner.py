@@ -88,6 +88,11 @@ class Uplink:
             for t in [*tasks, *self._tasks]:
                 t.cancel()
             await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
+            for link in self.links:
+                try:
+                    await link.close()
+                except Exception:  # one device failing to close must not keep the others open
+                    log.exception("closing link %s failed", link.name)
 
     # -- acknowledgements -------------------------------------------------------------------
 

@@ -1,0 +1,180 @@
+"""A frame gateway on a message terminal (the centre's Beidou command card, an SMS modem).
+
+One frame per message each way. Messages in are queued (bounded) and handled one at a
+time by :meth:`FrameGateway.handle`; the answers go back to the address (card number,
+phone number) the kit's frame came from. The terminal sends one message at a time at
+its own pace (a Beidou card's service interval), so answers wait in a bounded outbox:
+when it overflows the oldest answers go (the kit asks again, or re-sends and is
+acknowledged anew). Every ``poll_s`` stalled messages are asked for again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from centre.frames import FrameGateway
+from drivers.beidou import BadMessage, BeidouTerminal, NoFeedback, Refused, TerminalOffline
+from drivers.beidou import TooSoon as BeidouTooSoon
+from uplink.frames import BadFrame, decode_frame
+
+log = logging.getLogger(__name__)
+
+QUEUE = 256  # messages in waiting to be handled; more are dropped
+OUTBOX = 256  # answers waiting for the terminal; the oldest go first when full
+OFFLINE_RETRY_S = 5.0
+
+
+class Retry(Exception):
+    """The terminal cannot send now; try the same message again after ``after_s``."""
+
+    def __init__(self, after_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.after_s = after_s
+
+
+class Drop(Exception):
+    """The terminal will never carry this message."""
+
+
+Send = Callable[[str, bytes], Awaitable[None]]
+
+
+@dataclass
+class MessageGateway:
+    """A running frame gateway on one terminal; :meth:`close` stops it.
+
+    ``send(address, frame)`` transmits one message, raising :class:`Retry` or
+    :class:`Drop`; wire the terminal's received messages to :meth:`received`.
+    """
+
+    gateway: FrameGateway
+    send: Send
+    poll_s: float
+    inbox: asyncio.Queue[tuple[str, bytes]] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE)
+    )
+    outbox: deque[tuple[str, bytes]] = field(default_factory=lambda: deque(maxlen=OUTBOX))
+    kits: dict[int, str] = field(default_factory=dict)  # the address each kit was last heard from
+    dropped_in: int = 0
+    dropped_out: int = 0
+    sent: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _more: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start(self) -> None:
+        name = self.gateway.name
+        self.tasks = [
+            asyncio.create_task(self._worker(), name=f"msggw {name}"),
+            asyncio.create_task(self._sender(), name=f"msggw {name} send"),
+            asyncio.create_task(self._asker(), name=f"msggw {name} missing"),
+        ]
+
+    def received(self, address: str, payload: bytes) -> None:
+        """A message came in from ``address`` (called by the terminal's driver)."""
+        try:
+            self.inbox.put_nowait((address, payload))
+        except asyncio.QueueFull:
+            self.dropped_in += 1
+            log.warning("%s: message from %s dropped: too many waiting", self.gateway.name, address)
+
+    def _queue(self, address: str, frames: list[bytes]) -> None:
+        for frame in frames:
+            if len(self.outbox) == self.outbox.maxlen:
+                self.dropped_out += 1
+                log.warning("%s: outbox full; oldest answer dropped", self.gateway.name)
+            self.outbox.append((address, frame))
+        if frames:
+            self._more.set()
+
+    async def _worker(self) -> None:
+        while True:
+            address, data = await self.inbox.get()
+            try:
+                answers = await self.gateway.handle(data)
+            except Exception:
+                log.exception("%s: message from %s not handled", self.gateway.name, address)
+                continue
+            with contextlib.suppress(BadFrame):
+                frame = decode_frame(data)
+                if not frame.downlink:
+                    self.kits[frame.kit_id] = address
+            self._queue(address, answers)
+
+    async def _sender(self) -> None:
+        while True:
+            if not self.outbox:
+                self._more.clear()
+                await self._more.wait()
+                continue
+            address, frame = self.outbox[0]
+            try:
+                await self.send(address, frame)
+            except Retry as wait:
+                log.info("%s: %s; next try in %.1f s", self.gateway.name, wait, wait.after_s)
+                await asyncio.sleep(wait.after_s)
+                continue
+            except Drop as why:
+                log.warning("%s: answer to %s dropped: %s", self.gateway.name, address, why)
+            else:
+                self.sent += 1
+            if self.outbox and self.outbox[0] == (address, frame):
+                self.outbox.popleft()
+
+    async def _asker(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                requests = await self.gateway.missing(self.kits.keys())
+            except Exception:
+                log.exception("%s: MISSING requests failed", self.gateway.name)
+                continue
+            for frame in requests:
+                self._queue(self.kits[decode_frame(frame).kit_id], [frame])
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def beidou_sender(terminal: BeidouTerminal) -> Send:
+    """``send`` for :class:`MessageGateway` on the centre's Beidou terminal."""
+
+    async def send(address: str, frame: bytes) -> None:
+        wait = terminal.next_send_at - time.monotonic()
+        if wait > 0:
+            raise Retry(wait, "service interval not over")
+        try:
+            await terminal.send(address, frame)
+        except BeidouTooSoon as exc:
+            raise Retry(exc.wait_s, exc.en) from exc
+        except (TerminalOffline, NoFeedback) as exc:
+            # Without feedback the message may have gone; an answer twice does no harm.
+            wait = max(OFFLINE_RETRY_S, terminal.next_send_at - time.monotonic())
+            raise Retry(wait, exc.en) from exc
+        except (Refused, BadMessage) as exc:
+            raise Drop(exc.en) from exc
+
+    return send
+
+
+async def serve_beidou(
+    gateway: FrameGateway, terminal: BeidouTerminal, *, poll_s: float | None = None
+) -> tuple[MessageGateway, BeidouTerminal]:
+    """Run ``gateway`` on ``terminal`` (started here) until the returned gateway closes."""
+    if poll_s is None:
+        poll_s = min(max(gateway.missing_after_s / 4, 0.05), 30.0)
+    server = MessageGateway(gateway, beidou_sender(terminal), poll_s)
+    terminal.on_message = server.received
+    await terminal.start()
+    server.start()
+    log.info("%s: frame gateway on Beidou terminal %s", gateway.name, terminal.backend.path)
+    return server, terminal
