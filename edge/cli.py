@@ -137,7 +137,50 @@ def _status_table(s: dict[str, Any]) -> str:
         lines += [f"    {e}" for e in s["config_errors"]]
     lines.append("待发送 / queued   " + "  ".join(f"{p}:{n}" for p, n in s["queued"].items()))
     lines.append(f"存储 / store      {s['store']['path']}  ({s['store']['bytes'] / 1e6:.1f} MB)")
+    lines += _reports_table(s)
     return "\n".join(lines)
+
+
+STALE_S = 30.0  # a report older than this: its process is probably not running
+
+
+def _mark(report: dict[str, Any]) -> str:
+    if report["age_s"] > STALE_S:
+        return f"?  ({report['age_s']:.0f} 秒前 / s ago)"
+    return "在线 / up  " if report["online"] else "离线 / down"
+
+
+def _reports_table(s: dict[str, Any]) -> list[str]:
+    lines = []
+    links, devices = s.get("links") or {}, s.get("devices") or {}
+    if links:
+        lines.append("链路 / links")
+        for name, ln in links.items():
+            lines.append(
+                f"    {name:<14} {ln['kind']:<9} {_mark(ln)}  "
+                f"{ln['rate_bps']:g} B/s  rtt {ln['rtt_s']:g} s"
+            )
+    if devices:
+        lines.append("设备 / devices")
+        for name, d in devices.items():
+            lines.append(
+                f"    {name:<14} {d['kind']:<9} {_mark(d)}  {d['summary_zh']} / {d['summary_en']}"
+            )
+    battery = s.get("battery")
+    if battery:
+        mains = "市电 / mains" if battery["on_mains"] else "电池 / battery"
+        hours = battery.get("hours_left")
+        left = "" if hours is None else f"  约 {hours:.1f} 小时 / about {hours:.1f} h left"
+        lines.append(
+            f"电量 / battery    {battery['percent']:.0f} %  {battery['volts']:.2f} V  {mains}{left}"
+        )
+    fix = s.get("position")
+    if fix:
+        lines.append(
+            f"位置 / position   {fix['lat']:.5f}, {fix['lon']:.5f}  "
+            f"{fix['satellites']} 颗卫星 / satellites"
+        )
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:

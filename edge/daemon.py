@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import logging
 import os
@@ -70,6 +71,25 @@ class EdgeDaemon:
         self._wake = asyncio.Event()
         self.commits = 0
         self.accepted = 0
+        # The latest state each process reported, by device / link name, with when it came.
+        self.devices: dict[str, tuple[float, topics.DeviceState]] = {}
+        self.links: dict[str, tuple[float, topics.LinkState]] = {}
+        self.battery: tuple[float, topics.BatteryLevel] | None = None
+        self.fix: tuple[float, topics.PositionFix] | None = None
+
+    async def watch_states(self, sub: bus.Subscriber) -> None:
+        """Keep the latest device, link, battery and position reports for ``status``."""
+        while True:
+            topic, message = await sub.receive()
+            now = time.monotonic()
+            if topic is topics.DEVICE_STATE:
+                self.devices[message.name] = (now, message)
+            elif topic is topics.LINK_STATE:
+                self.links[message.name] = (now, message)
+            elif topic is topics.BATTERY_LEVEL:
+                self.battery = (now, message)
+            elif topic is topics.POSITION_FIX:
+                self.fix = (now, message)
 
     # -- group commit ----------------------------------------------------------------------
 
@@ -279,7 +299,32 @@ class EdgeDaemon:
             "commits": self.commits,
             "requeued_at_start": self.store.requeued_at_start,
             "store": {"path": str(self.store.path), "bytes": db_bytes},
+            **self._reports(),
         }
+
+    def _reports(self) -> dict[str, Any]:
+        """What the other processes last reported, each with its age (stale: process gone?)."""
+        now = time.monotonic()
+
+        def aged(at: float, fields: dict[str, Any]) -> dict[str, Any]:
+            return {**fields, "age_s": round(now - at, 1)}
+
+        return {
+            "devices": {
+                name: aged(at, dataclasses.asdict(d))
+                for name, (at, d) in sorted(self.devices.items())
+            },
+            "links": {
+                name: aged(at, dataclasses.asdict(ln))
+                for name, (at, ln) in sorted(self.links.items())
+            },
+            "battery": None if self.battery is None else aged(*_fields(self.battery)),
+            "position": None if self.fix is None else aged(*_fields(self.fix)),
+        }
+
+
+def _fields(report: tuple[float, Any]) -> tuple[float, dict[str, Any]]:
+    return report[0], dataclasses.asdict(report[1])
 
 
 def _is_int(x: object) -> bool:
@@ -332,6 +377,7 @@ async def serve(
     rpc = ctx.socket(zmq.ROUTER)
     rpc.setsockopt(zmq.LINGER, 0)
     publisher: bus.Publisher | None = None
+    states: bus.Subscriber | None = None
     try:
         if store.requeued_at_start:
             log.info("put %d in-flight items back to ready", store.requeued_at_start)
@@ -345,6 +391,15 @@ async def serve(
         tasks.append(asyncio.create_task(daemon.run_writer()))
         rpc.bind(config.endpoint(RPC_SOCKET))
         tasks.append(asyncio.create_task(daemon.serve_rpc(rpc)))
+        states = bus.Subscriber(
+            ctx,
+            config.endpoint(bus.SUB_SOCKET),
+            topics.DEVICE_STATE,
+            topics.LINK_STATE,
+            topics.BATTERY_LEVEL,
+            topics.POSITION_FIX,
+        )
+        tasks.append(asyncio.create_task(daemon.watch_states(states)))
         if loaded.safe_mode:
             log.error("安全模式 / SAFE MODE: config %s has errors:", loaded.source)
             for issue in loaded.issues:
@@ -370,6 +425,8 @@ async def serve(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         rpc.close(0)
+        if states is not None:
+            states.close()
         if publisher:
             publisher.close()
         await store.close()

@@ -55,6 +55,7 @@ class BatteryLevel:
     percent: float
     volts: float
     on_mains: bool
+    hours_left: float | None = None  # at the recent rate of discharge; None if unknown
 
 
 @dataclass(frozen=True, slots=True)

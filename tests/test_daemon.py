@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import cbor2
 import pytest
+import zmq.asyncio
 from conftest import endpoint, start_edge, stop
 
+from config.loader import parse
+from edge import bus, topics
 from edge.client import EdgeClient, checked
 from edge.errors import BadItem
 from edge.item import new_item, to_wire
@@ -101,3 +105,44 @@ def test_broken_config_starts_in_safe_mode_and_still_accepts(tmp_path: Path) -> 
             assert client.accept(new_item("sos", source="btn"))["state"] == "ACCEPTED"
     finally:
         stop(proc)
+
+
+def test_states_published_on_the_bus_show_in_kit_status(edge: EdgeClient, kit_config: Path) -> None:
+    config = parse(kit_config)
+
+    async def publish() -> None:
+        ctx = zmq.asyncio.Context()
+        pub = bus.Publisher(ctx, config.endpoint(bus.PUB_SOCKET))
+        try:
+            # PUB/SUB: messages before the subscription has propagated are lost; repeat.
+            for _ in range(20):
+                await pub.publish(
+                    topics.DEVICE_STATE,
+                    topics.DeviceState(
+                        "beidou", "beidou", True, "卡号 0241636", "card 0241636", {"mtu": 77}
+                    ),
+                )
+                await pub.publish(topics.LINK_STATE, topics.LinkState("vsat", "ip", False, 0, 0.6))
+                await pub.publish(
+                    topics.BATTERY_LEVEL, topics.BatteryLevel(41.0, 12.1, False, hours_left=6.5)
+                )
+                await asyncio.sleep(0.05)
+        finally:
+            pub.close()
+            ctx.term()
+
+    asyncio.run(publish())
+    status = edge.status()
+    assert status["devices"]["beidou"]["detail"] == {"mtu": 77}
+    assert status["devices"]["beidou"]["online"] is True
+    assert status["links"]["vsat"]["online"] is False
+    assert status["battery"]["hours_left"] == 6.5
+    table = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "status", "--config", str(kit_config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "beidou" in table and "卡号 0241636 / card 0241636" in table
+    assert "vsat" in table and "离线 / down" in table
+    assert "41 %" in table and "about 6.5 h left" in table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -15,6 +16,7 @@ from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
 from uplink import registry
+from uplink.link import Link
 from uplink.runner import Uplink
 
 log = logging.getLogger("uplink")
@@ -48,6 +50,35 @@ async def _wake_on_new_items(config: KitConfig, uplink: Uplink) -> None:
         sub.close()
 
 
+REPORT_S = 10.0  # link and device states are published this often, and on every change
+
+
+def link_state(link: Link) -> topics.LinkState:
+    return topics.LinkState(
+        link.name, link.kind, link.online, round(link.rate.value, 1), round(link.rtt.value, 3)
+    )
+
+
+async def _report_states(config: KitConfig, uplink: Uplink) -> None:
+    """Publish every link's state (and its device's) on change and every ``REPORT_S``."""
+    publisher = bus.Publisher(zmq.asyncio.Context.instance(), config.endpoint(bus.PUB_SOCKET))
+    changed = asyncio.Event()
+    uplink.on_link_state = lambda _link: changed.set()
+    try:
+        while True:
+            for link in uplink.links:
+                await publisher.publish(topics.LINK_STATE, link_state(link))
+                device = link.device_state()
+                if device is not None:
+                    await publisher.publish(topics.DEVICE_STATE, device)
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), REPORT_S)
+    finally:
+        uplink.on_link_state = None
+        publisher.close()
+
+
 async def serve(config: KitConfig, stop: asyncio.Event) -> None:
     if config.kit.id == 0:
         log.error("套件未配置编号，不发送 / kit id not configured: sending nothing until it is")
@@ -61,6 +92,7 @@ async def serve(config: KitConfig, stop: asyncio.Event) -> None:
     tasks = [
         asyncio.create_task(uplink.run()),
         asyncio.create_task(_wake_on_new_items(config, uplink)),
+        asyncio.create_task(_report_states(config, uplink)),
     ]
     stopper = asyncio.create_task(stop.wait())
     try:

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cbor2
@@ -62,6 +62,7 @@ class Uplink:
         self._wake = {link.name: asyncio.Event() for link in self.links}
         self._carriers: dict[str, set[str]] = {}  # link -> its streams busy with a chunk
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_link_state: Callable[[Link], None] | None = None  # a link went up or down
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -69,10 +70,15 @@ class Uplink:
         for event in self._wake.values():
             event.set()
 
+    def _link_changed(self, link: Link) -> None:
+        self.wake()
+        if self.on_link_state is not None:
+            self.on_link_state(link)
+
     async def run(self) -> None:
         tasks = []
         for link in self.links:
-            link.on_state = lambda _link: self.wake()
+            link.on_state = self._link_changed
             if isinstance(link, IpLink):
                 link.kit_id = self.kit_id
                 link.on_acks = self._acks.put_nowait
