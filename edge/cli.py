@@ -171,9 +171,8 @@ def _reports_table(s: dict[str, Any]) -> list[str]:
         mains = "市电 / mains" if battery["on_mains"] else "电池 / battery"
         hours = battery.get("hours_left")
         left = "" if hours is None else f"  约 {hours:.1f} 小时 / about {hours:.1f} h left"
-        lines.append(
-            f"电量 / battery    {battery['percent']:.0f} %  {battery['volts']:.2f} V  {mains}{left}"
-        )
+        volts = "" if battery["volts"] is None else f"  {battery['volts']:.2f} V"
+        lines.append(f"电量 / battery    {battery['percent']:.0f} %{volts}  {mains}{left}")
     fix = s.get("position")
     if fix:
         lines.append(

@@ -53,7 +53,7 @@ class PositionFix:
 @dataclass(frozen=True, slots=True)
 class BatteryLevel:
     percent: float
-    volts: float
+    volts: float | None  # None when the source gives no voltage
     on_mains: bool
     hours_left: float | None = None  # at the recent rate of discharge; None if unknown
 
@@ -84,6 +84,15 @@ class DeviceState:
         return f"{self.summary_zh} / {self.summary_en}"
 
 
+@dataclass(frozen=True, slots=True)
+class PowerModeChanged:
+    """The power policy's mode: normal, save (bulk paused, slow polling) or critical."""
+
+    mode: str  # "normal" | "save" | "critical"
+    percent: float | None
+    reason: str
+
+
 ITEM_ACCEPTED = Topic("item.accepted", ItemAccepted)
 ITEMS_DELIVERED = Topic("item.delivered", ItemsDelivered)
 LINK_STATE = Topic("link.state", LinkState)
@@ -91,6 +100,7 @@ POSITION_FIX = Topic("position.fix", PositionFix)
 BATTERY_LEVEL = Topic("power.battery", BatteryLevel)
 SAFE_MODE = Topic("kit.safe_mode", SafeMode)
 DEVICE_STATE = Topic("device.state", DeviceState)
+POWER_MODE = Topic("power.mode", PowerModeChanged)
 
 ALL: tuple[Topic[object], ...] = (
     ITEM_ACCEPTED,
@@ -100,5 +110,6 @@ ALL: tuple[Topic[object], ...] = (
     BATTERY_LEVEL,
     SAFE_MODE,
     DEVICE_STATE,
+    POWER_MODE,
 )  # type: ignore[assignment]
 BY_NAME: dict[str, Topic[object]] = {t.name: t for t in ALL}

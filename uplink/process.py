@@ -15,6 +15,7 @@ from config.schema import KitConfig
 from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
+from edge.item import Priority
 from uplink import registry
 from uplink.link import Link
 from uplink.runner import Uplink
@@ -45,6 +46,34 @@ async def _wake_on_new_items(config: KitConfig, uplink: Uplink) -> None:
     try:
         while True:
             await sub.receive()
+            uplink.wake()
+    finally:
+        sub.close()
+
+
+SAVE_POLL_FACTOR = 4.0  # in power-saving mode the uplink looks for work this much less often
+
+
+async def _follow_power(config: KitConfig, uplink: Uplink) -> None:
+    """Power saving: bulk media (P4) waits and the uplink polls less until mains or a charge."""
+    sub = bus.Subscriber(
+        zmq.asyncio.Context.instance(), config.endpoint(bus.SUB_SOCKET), topics.POWER_MODE
+    )
+    try:
+        while True:
+            _, change = await sub.receive()
+            saving = change.mode != "normal"
+            paused = frozenset({Priority.P4}) if saving else frozenset()
+            if paused != uplink.paused:
+                log.info(
+                    "power %s (%s): bulk media %s",
+                    change.mode,
+                    change.reason,
+                    "paused" if saving else "resumed",
+                )
+            uplink.paused = paused
+            factor = SAVE_POLL_FACTOR if saving else 1.0
+            uplink.poll_s = config.uplink.poll_s * factor
             uplink.wake()
     finally:
         sub.close()
@@ -93,6 +122,7 @@ async def serve(config: KitConfig, stop: asyncio.Event) -> None:
         asyncio.create_task(uplink.run()),
         asyncio.create_task(_wake_on_new_items(config, uplink)),
         asyncio.create_task(_report_states(config, uplink)),
+        asyncio.create_task(_follow_power(config, uplink)),
     ]
     stopper = asyncio.create_task(stop.wait())
     try:

@@ -63,6 +63,7 @@ class Uplink:
         self._carriers: dict[str, set[str]] = {}  # link -> its streams busy with a chunk
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_link_state: Callable[[Link], None] | None = None  # a link went up or down
+        self.paused: frozenset[Priority] = frozenset()  # classes held back (power saving)
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -212,7 +213,7 @@ class Uplink:
             name=link.name,
             narrow=link.narrow,
             online=link.online,
-            classes=link.classes,
+            classes=link.classes - self.paused,
             max_item=max_item,
             batch_bytes=batch,
             rate=link.rate.value,
