@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drivers.gpio import GpioConfig
+from drivers.power import PowerConfig
 from uplink.registry import LinkConfigBase, config_union
 
 # ipc:// endpoints live in the runtime folder; a Unix socket path holds at most 107 bytes.
@@ -105,6 +107,45 @@ else:
     LinkConfig = config_union()  # a discriminated union of every registered kind's Config
 
 
+class GnssSection(Strict):
+    enabled: bool = Field(
+        True, title="启用 / Enabled", description="Read a GNSS (BDS/GPS) receiver."
+    )
+    source: Literal["gpsd", "serial"] = Field(
+        "gpsd",
+        title="数据来源 / Source",
+        description="gpsd: NMEA from the gpsd the image runs (it also feeds chrony); "
+        "serial: read the receiver's serial device directly.",
+    )
+    device: str = Field(
+        "/dev/ttyAMA0",
+        title="串口设备 / Serial device",
+        description="The receiver's serial device (source serial).",
+        min_length=1,
+        max_length=255,
+    )
+    baudrate: int = Field(
+        9600,
+        title="波特率 / Baud rate",
+        description="Serial speed of the receiver (source serial).",
+        ge=1200,
+        le=921_600,
+    )
+    gpsd: str = Field(
+        "127.0.0.1:2947",
+        title="gpsd 地址 / gpsd address",
+        description="host:port of gpsd (source gpsd).",
+        pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$",
+        max_length=262,
+    )
+    set_clock: bool = Field(
+        False,
+        title="校准系统时钟 / Set the clock",
+        description="Step the system clock from GNSS when nothing else (chrony) has set it; "
+        "needs CAP_SYS_TIME. Off when chrony reads gpsd, as in the image.",
+    )
+
+
 class LogSection(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", title="日志级别 / Log level", description="Least severe level written to the log."
@@ -132,6 +173,21 @@ class KitConfig(Strict):
         default_factory=lambda: UplinkSection(),
         title="上行 / Uplink",
         description="How items travel to the centre.",
+    )
+    gnss: GnssSection = Field(
+        default_factory=lambda: GnssSection(),
+        title="卫星定位 / GNSS",
+        description="The BDS/GPS receiver: the kit's position and time.",
+    )
+    power: PowerConfig = Field(
+        default_factory=lambda: PowerConfig(),
+        title="电源 / Power",
+        description="Where the battery is read; when to save power and when to shut down.",
+    )
+    gpio: GpioConfig = Field(
+        default_factory=lambda: GpioConfig(),
+        title="按钮与指示灯 / Button and lights",
+        description="The SOS button, status LEDs and buzzer on the Pi's GPIO header.",
     )
     links: list[LinkConfig] = Field(
         default_factory=list,

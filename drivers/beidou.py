@@ -366,7 +366,7 @@ class BeidouTerminal:
         card = self.card
         why = self._not_ready()
         detail: dict[str, str | int | float | bool | None] = {
-            "device": self.backend.path,
+            "device": None if self._port is None else self._port.path,
             "protocol": self._dialect.protocol,
             "dropped": sum(self.dropped.values()),
             "reconnects": self.reconnects,
@@ -499,8 +499,10 @@ class BeidouTerminal:
     def _ready(self) -> tuple[Card, SerialPort]:
         """The card and the port to send with, or :class:`TerminalOffline` saying what lacks."""
         card, port = self._card, self._port
-        if port is None or not port.online:
-            raise self._offline("串口设备未连接", f"device not connected ({self.backend.path})")
+        if port is None:
+            raise self._offline("驱动未启动", "driver not started")
+        if not port.online:
+            raise self._offline("串口设备未连接", f"device not connected ({port.path})")
         if card is None:
             raise self._offline(
                 "未读到北斗卡信息（无卡或终端无响应）",

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p = sub.add_parser("edge", help="只运行 edge 进程（systemd 用）/ run the edge daemon alone")
     _config_arg(p)
+    p = sub.add_parser(
+        "drivers", help="只运行设备进程（systemd 用）/ run GNSS, battery and button alone"
+    )
+    _config_arg(p)
     p = sub.add_parser("uplink", help="只运行上行进程（systemd 用）/ run the uplink alone")
     _config_arg(p)
     sub.add_parser(
@@ -244,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         from edge.daemon import main as edge_main
 
         return edge_main(config_path)
+    if args.command == "drivers":
+        from drivers.process import main as drivers_main
+
+        return drivers_main(config_path)
     if args.command == "uplink":
         from uplink.process import main as uplink_main
 

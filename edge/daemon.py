@@ -190,7 +190,16 @@ class EdgeDaemon:
             "sent": self._op_sent,
             "requeue": self._op_requeue,
             "ack": self._op_ack,
+            "flush": self._op_flush,
         }
+
+    async def _op_flush(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Before a planned power-off: every accepted item is already durable (answers come
+        after COMMIT); this also folds the WAL into the database file."""
+        await self.store.checkpoint()
+        reply({"ok": True})
 
     # -- the uplink's view and its writes ---------------------------------------------------
 

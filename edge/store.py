@@ -233,6 +233,10 @@ class Store:
     async def close(self) -> None:
         await self._db.close()
 
+    async def checkpoint(self) -> None:
+        """Fold the WAL into the database file (before a planned power-off)."""
+        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # -- counts ----------------------------------------------------------------------------
 
     async def counts(self) -> dict[tuple[State, Priority], int]:

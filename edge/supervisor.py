@@ -14,7 +14,11 @@ from types import FrameType
 log = logging.getLogger("kit.run")
 
 # The kit's processes, each a `kit` subcommand. Later issues add uplink, mesh, media, web.
-PROCESSES: dict[str, list[str]] = {"edge": ["edge"], "uplink": ["uplink"]}
+PROCESSES: dict[str, list[str]] = {
+    "edge": ["edge"],
+    "uplink": ["uplink"],
+    "drivers": ["drivers"],
+}
 
 MAX_BACKOFF_S = 30.0
 STOP_GRACE_S = 10.0

@@ -97,7 +97,11 @@ async def _report_states(config: KitConfig, uplink: Uplink) -> None:
         while True:
             for link in uplink.links:
                 await publisher.publish(topics.LINK_STATE, link_state(link))
-                device = link.device_state()
+                try:
+                    device = link.device_state()
+                except Exception:  # a driver's bug must not stop the uplink
+                    log.exception("state of %s's device not known", link.name)
+                    continue
                 if device is not None:
                     await publisher.publish(topics.DEVICE_STATE, device)
             changed.clear()

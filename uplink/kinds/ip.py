@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import cbor2
 from pydantic import Field, field_validator
 
+from drivers.vsat import ProbeConfig, TerminalMonitor, TerminalStatus
+from edge.topics import DeviceState
 from uplink.link import Link, LinkDown, LinkRefused
 from uplink.registry import LinkConfigBase
 
@@ -63,6 +65,13 @@ class Config(LinkConfigBase):
         "satellite fade should not abort a chunk).",
         ge=1,
         le=600,
+    )
+
+    status: ProbeConfig | None = Field(
+        None,
+        title="终端状态探测 / Terminal status probe",
+        description="How to ask the satellite terminal whether it is in the network; "
+        "empty: trust TCP alone.",
     )
 
     @field_validator("url")
@@ -124,6 +133,33 @@ class IpLink(Link):
         self._failure = ""
         self.on_acks: Any = None  # Callable[[list[tuple[int, int]]], None]
         self._meter = Throughput()
+        self.monitor: TerminalMonitor | None = None
+        if config.status is not None:
+            self.monitor = TerminalMonitor.from_config(config.status, name=config.name)
+            self.monitor.on_change = self._terminal_changed
+
+    @property
+    def terminal(self) -> TerminalStatus | None:
+        """The terminal's last status (SNR, rates) when a probe is configured."""
+        return None if self.monitor is None else self.monitor.status
+
+    def device_state(self) -> DeviceState | None:
+        return None if self.monitor is None else self.monitor.state()
+
+    async def run(self) -> None:
+        # The terminal is watched for the link's whole life, across reconnections.
+        if self.monitor is None:
+            await super().run()
+            return
+        await self.monitor.start()
+        try:
+            await super().run()
+        finally:
+            await self.monitor.close()
+
+    def _terminal_changed(self, online: bool) -> None:
+        if not online:
+            self._fail("satellite terminal out of network")
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -137,6 +173,9 @@ class IpLink(Link):
             ),
             headers={"Kit-Id": str(self.kit_id), "Kit-Link": self.name},
         )
+        if self.monitor is not None:
+            # Offline while the terminal is out of the network, even if TCP would connect.
+            await self.monitor.wait_online()
         await self._probe()
 
     async def receive_loop(self) -> None:
