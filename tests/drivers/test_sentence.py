@@ -163,3 +163,28 @@ def test_mutated_real_traces_never_crash_the_parser_and_the_stream_recovers() ->
         # the next clean sentence always gets through (a stray "$" ends any damage)
         assert parser.feed(clean)[-1:] == [decode(clean)]
     assert sum(parser.dropped.values()) > 1000
+
+
+@given(st.binary(max_size=600))
+def test_folded_checksum_is_the_xor_of_every_byte(body: bytes) -> None:
+    expected = 0
+    for byte in body:
+        expected ^= byte
+    assert checksum(body) == expected
+
+
+@given(st.binary(max_size=200))
+def test_a_decoded_sentence_is_one_the_constructor_accepts(body: bytes) -> None:
+    # The fast path skips the constructor's checks; it must accept exactly what they accept.
+    line = b"$%s*%02X" % (body, checksum(body))
+    try:
+        fast = decode(line)
+    except BadSentence:
+        try:
+            name, *fields = body.decode("ascii").split(",")
+            Sentence(name, tuple(fields))
+        except (UnicodeDecodeError, BadSentence):
+            return
+        raise AssertionError(f"{line!r} refused, but its parts make a valid sentence") from None
+    assert Sentence(fast.name, fast.fields) == fast
+    assert fast.encode().rstrip(b"\r\n") == line
