@@ -178,14 +178,16 @@ class Drivers:
     def sos_item(self) -> Item:
         """The P0 item a button hold files: the last position, and GNSS time if the clock
         is not yet trusted."""
+        # No text unless needed: the kind says SOS and the source says the button, and every
+        # byte counts for the SOS to fit one 77-byte Beidou message.
         position: Position | None = None
-        text = "SOS 按钮求救 / SOS button pressed"
+        text: str | None = None
         if self.last_fix is not None:
             at, fix = self.last_fix
             position = fix.position
-            age = time.monotonic() - at
-            if age > POSITION_STALE_S:
-                text += f"（位置为 {age / 60:.0f} 分钟前 / position {age / 60:.0f} min old）"
+            age_min = (time.monotonic() - at) / 60
+            if age_min * 60 > POSITION_STALE_S:
+                text = f"位置为{age_min:.0f}分钟前 / position {age_min:.0f} min old"
         created_ms: int | None = None
         clock_ok = clock_synchronised()
         if not clock_ok and self.gnss is not None:

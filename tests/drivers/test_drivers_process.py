@@ -23,6 +23,10 @@ from drivers.process import Drivers
 from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
+from uplink.compact import pack_items
+from uplink.frames import MTU_BEIDOU, fragment
+
+KIT_ID = 7
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -67,8 +71,11 @@ def test_sos_hold_files_a_p0_with_the_gnss_position(
             assert len(drivers.sos_sent) == 1
             got = await edge.call({"op": "get", "seq": drivers.sos_sent[0]})
             assert (got["kind"], got["priority"], got["state"]) == ("sos", "P0", "ACCEPTED")
-            position = drivers.sos_item().position
+            sos = drivers.sos_item()
+            position = sos.position
             assert position is not None
+            # the SOS fits one 77-byte Beidou message, position and all
+            assert len(fragment(KIT_ID, 1, pack_items([(1, sos)]), MTU_BEIDOU)) == 1
             assert abs(position.lat - 30.6586) < 0.01 and abs(position.lon - 104.0647) < 0.01
             assert drivers.panel.state().detail["sos_holds"] == 1
         finally:
