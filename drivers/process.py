@@ -57,6 +57,7 @@ REPORT_S = 10.0  # device states are published this often, and on every change
 QUEUE_POLL_S = 15.0  # how often the queue LED asks the edge how many P0/P1 wait
 POSITION_STALE_S = 600.0  # an SOS still carries an older position, marked by its age
 SETTLE_POLL_S = 1.0
+FIX_INTERVAL_S = 5.0  # positions on the bus at most this often (and on every change of fix)
 
 
 class Drivers:
@@ -276,7 +277,10 @@ def _gnss(config: KitConfig) -> GnssReceiver | None:
     if backend_kind() != "sim":
         backend = Gpsd(*parse_address(c.gpsd)) if c.source == "gpsd" else c.device
     return GnssReceiver(
-        backend, baudrate=c.baudrate, clock_setter=set_system_clock if c.set_clock else None
+        backend,
+        baudrate=c.baudrate,
+        fix_interval_s=FIX_INTERVAL_S,
+        clock_setter=set_system_clock if c.set_clock else None,
     )
 
 

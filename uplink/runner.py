@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ from uplink.transfer import Part, Transfer
 
 log = logging.getLogger("uplink")
 
+IDLE_POLL_MAX_S = 15.0  # longest wait between two looks at the outbox when nothing happens
 SENT_CACHE = 256  # narrow messages kept to answer the centre's MISSING requests
 
 
@@ -183,6 +183,7 @@ class Uplink:
     # -- sending ----------------------------------------------------------------------------
 
     async def _sender(self, link: Link) -> None:
+        idle = 0  # empty looks in a row: an idle kit asks the outbox less and less often
         while True:
             wake = self._wake[link.name]
             wake.clear()
@@ -195,12 +196,19 @@ class Uplink:
                 log.warning("send on %s failed: %s", link.name, exc)
                 busy = False
             if busy:
+                idle = 0
                 continue
-            timeout = self.poll_s
-            if link.online and link.narrow:
-                timeout = max(0.05, min(timeout, link.next_send_at() - time.monotonic()))
-            with contextlib.suppress(TimeoutError):
+            # New items, acks, timeouts and links coming up all wake the sender; the poll
+            # is only a safety net (bus events can be dropped), so it backs off while idle.
+            timeout = min(self.poll_s * 2**idle, max(self.poll_s, IDLE_POLL_MAX_S))
+            ready_in = link.next_send_at() - time.monotonic()
+            if link.online and link.narrow and ready_in > 0:
+                timeout = min(timeout, max(0.05, ready_in))
+            try:
                 await asyncio.wait_for(wake.wait(), timeout)
+                idle = 0
+            except TimeoutError:
+                idle = min(idle + 1, 16)
 
     def view(self, link: Link) -> LinkView:
         if isinstance(link, FrameLink):
