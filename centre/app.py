@@ -20,11 +20,10 @@ from centre.config import CentreConfig, build_config, load_config
 from centre.errors import BadCentreConfig, Refused, UnknownKit
 from centre.frames import FrameGateway, pack_relay, unpack_relay
 from centre.keys import CONFIG, STORE, UPLOADS
-from centre.msggw import MessageGateway, serve_beidou
+from centre.msggw import Terminal, beidou_gateway, sms_gateway
 from centre.store import Store
 from centre.udpgw import UdpServer, serve_udp
 from centre.uploads import Uploads
-from drivers.beidou import BeidouTerminal
 from uplink.frames import BadFrame, decode_frame
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ class Gateways:
 
     by_name: dict[str, FrameGateway] = field(default_factory=dict)
     udp: dict[str, UdpServer] = field(default_factory=dict)
-    terminals: dict[str, tuple[MessageGateway, BeidouTerminal]] = field(default_factory=dict)
+    terminals: dict[str, Terminal] = field(default_factory=dict)
 
 
 GATEWAYS = web.AppKey("gateways", Gateways)
@@ -96,16 +95,20 @@ async def _gateways(app: web.Application) -> AsyncIterator[None]:
             gateways.by_name[entry.name] = gateway
             if entry.kind == "udp":
                 gateways.udp[entry.name] = await serve_udp(gateway, entry.address)
-            elif entry.kind == "beidou":
-                terminal = BeidouTerminal(entry.device, protocol=entry.protocol, name=entry.name)
-                gateways.terminals[entry.name] = await serve_beidou(gateway, terminal)
+            elif entry.kind in ("beidou", "sms"):
+                terminal = (
+                    beidou_gateway(gateway, entry.device, entry.protocol)
+                    if entry.kind == "beidou"
+                    else sms_gateway(gateway, entry.device)
+                )
+                gateways.terminals[entry.name] = terminal
+                await terminal.start()
         yield
     finally:
         for server in gateways.udp.values():
             await server.close()
-        for msg_server, term in gateways.terminals.values():
-            await msg_server.close()
-            await term.close()
+        for terminal in gateways.terminals.values():
+            await terminal.close()
 
 
 async def post_frames(request: web.Request) -> web.Response:

@@ -17,10 +17,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from centre.frames import FrameGateway
+from drivers import tiantong
 from drivers.beidou import BadMessage, BeidouTerminal, NoFeedback, Refused, TerminalOffline
 from drivers.beidou import TooSoon as BeidouTooSoon
+from drivers.device import Device
+from drivers.smspdu import BadAddress, MessageTooLong
 from uplink.frames import BadFrame, decode_frame
 
 log = logging.getLogger(__name__)
@@ -56,9 +60,7 @@ class MessageGateway:
     gateway: FrameGateway
     send: Send
     poll_s: float
-    inbox: asyncio.Queue[tuple[str, bytes]] = field(
-        default_factory=lambda: asyncio.Queue(QUEUE)
-    )
+    inbox: asyncio.Queue[tuple[str, bytes]] = field(default_factory=lambda: asyncio.Queue(QUEUE))
     outbox: deque[tuple[str, bytes]] = field(default_factory=lambda: deque(maxlen=OUTBOX))
     kits: dict[int, str] = field(default_factory=dict)  # the address each kit was last heard from
     dropped_in: int = 0
@@ -166,15 +168,58 @@ def beidou_sender(terminal: BeidouTerminal) -> Send:
     return send
 
 
-async def serve_beidou(
-    gateway: FrameGateway, terminal: BeidouTerminal, *, poll_s: float | None = None
-) -> tuple[MessageGateway, BeidouTerminal]:
-    """Run ``gateway`` on ``terminal`` (started here) until the returned gateway closes."""
-    if poll_s is None:
-        poll_s = min(max(gateway.missing_after_s / 4, 0.05), 30.0)
-    server = MessageGateway(gateway, beidou_sender(terminal), poll_s)
+def sms_sender(modem: tiantong.TiantongModem) -> Send:
+    """``send`` for :class:`MessageGateway` on the centre's SMS modem (PDU mode, 8-bit data)."""
+
+    async def send(address: str, frame: bytes) -> None:
+        try:
+            await modem.send_sms(address, frame)
+        except (tiantong.ModemOffline, tiantong.SendFailed, tiantong.ModemBusy) as exc:
+            raise Retry(OFFLINE_RETRY_S, exc.en) from exc
+        except (tiantong.BadMessage, BadAddress, MessageTooLong) as exc:
+            raise Drop(exc.en) from exc
+
+    return send
+
+
+def beidou_gateway(gateway: FrameGateway, device: str, protocol: str) -> Terminal:
+    version: Literal["4.0", "5.0"] = "5.0" if protocol == "5.0" else "4.0"
+    terminal = BeidouTerminal(device, protocol=version, name=gateway.name)
+    server = MessageGateway(gateway, beidou_sender(terminal), _poll_s(gateway))
     terminal.on_message = server.received
-    await terminal.start()
-    server.start()
-    log.info("%s: frame gateway on Beidou terminal %s", gateway.name, terminal.backend.path)
-    return server, terminal
+    return Terminal(server, terminal)
+
+
+def sms_gateway(gateway: FrameGateway, device: str) -> Terminal:
+    modem = tiantong.TiantongModem(device, name=gateway.name, sms_mode="pdu")
+    server = MessageGateway(gateway, sms_sender(modem), _poll_s(gateway))
+
+    def received(sender: str, payload: str | bytes, sent_at: object) -> None:
+        if isinstance(payload, bytes):
+            server.received(sender, payload)
+        else:
+            log.info("%s: text from %s is not a frame; left alone", gateway.name, sender)
+
+    modem.on_sms = received
+    return Terminal(server, modem)
+
+
+def _poll_s(gateway: FrameGateway) -> float:
+    return min(max(gateway.missing_after_s / 4, 0.05), 30.0)
+
+
+@dataclass
+class Terminal:
+    """A frame gateway and the device it runs on (the centre's Beidou terminal, SMS modem)."""
+
+    server: MessageGateway
+    device: Device
+
+    async def start(self) -> None:
+        await self.device.start()
+        self.server.start()
+        log.info("%s: frame gateway on %s", self.server.gateway.name, self.device.state().summary)
+
+    async def close(self) -> None:
+        await self.server.close()
+        await self.device.close()

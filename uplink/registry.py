@@ -17,6 +17,7 @@ KINDS: dict[str, str] = {
     "ip": "uplink.kinds.ip",
     "datagram": "uplink.kinds.datagram",
     "beidou": "uplink.kinds.beidou",
+    "sms": "uplink.kinds.sms",
 }
 
 

@@ -524,7 +524,7 @@ def test_gateway_config_bounds_and_unique_names(tmp_path: Path) -> None:
         ({"mtu": 1751}, "less than or equal to 1750"),
         ({"name": "Bei Dou"}, "String should match pattern"),
         ({"listen": "9700"}, "listen address must be HOST:PORT"),
-        ({"kind": "tcp"}, "Input should be 'udp', 'relay' or 'beidou'"),
+        ({"kind": "tcp"}, "Input should be 'udp', 'relay', 'beidou' or 'sms'"),
         ({"missing_after_s": 0}, "greater than or equal to 0.1"),
     ):
         with pytest.raises(ValueError, match=message):
