@@ -206,4 +206,37 @@ max_batch = 512          # accepts committed per transaction (group commit)
 
 [log]
 level = "INFO"
+
+# 设备 / devices (kit drivers). KIT_BACKEND=sim runs every device simulated.
+[gnss]
+source = "gpsd"          # gpsd (the image runs it; it also feeds chrony) or serial
+# device = "/dev/ttyAMA0" # with source = "serial"
+set_clock = false        # true: step the clock from GNSS when chrony has not
+
+[power]
+source = "sysfs"         # sysfs (a battery driver), ina219 (I2C UPS HAT) or none
+save_percent = 30        # below: bulk media waits, slower polling
+critical_percent = 10    # below: flush the outbox and power off cleanly
+
+[gpio]                   # BCM pin numbers; leave out what is not wired
+# button_pin = 17        # SOS: hold 3 s
+# link_led_pin = 5
+# queue_led_pin = 6
+# battery_led_pin = 13
+# buzzer_pin = 18
+
+# 北斗 / Beidou (mtu and interval are read from the card):
+# [[links]]
+# kind = "beidou"
+# name = "beidou"
+# device = "/dev/ttyUSB0"
+# protocol = "4.0"
+# centre_id = "0300001"   # the command centre's card
+#
+# 天通短信 / Tiantong SMS (one 140-byte message per frame):
+# [[links]]
+# kind = "sms"
+# name = "tiantong-sms"
+# device = "/dev/ttyUSB2"
+# centre_number = "+8617400000000"
 {link}"""
