@@ -38,7 +38,7 @@ if not __package__:
 
 import zmq.asyncio
 
-from config.loader import parse, render_default
+from config.loader import parse
 from drivers.nmea import parse as parse_nmea
 from drivers.process import Drivers
 from drivers.sentence import Sentence, StreamParser
@@ -153,7 +153,7 @@ def idle_cpu(root: Path, idle_s: float) -> float:
     """Percent of one core used by `kit drivers` + `kit uplink` (Beidou) with nothing to do."""
     config = root / "kit.toml"
     config.write_text(
-        render_default(7, "bench", "data", "run")
+        '[kit]\nid = 7\nname = "bench"\n[paths]\ndata_dir = "data"\nruntime_dir = "run"\n'
         + PANEL
         + '[[links]]\nkind = "beidou"\nname = "beidou"\ncentre_id = "0300001"\n'
     )

@@ -17,7 +17,7 @@ import pytest
 import zmq.asyncio
 from conftest import start_edge, stop
 
-from config.loader import parse, render_default
+from config.loader import parse
 from drivers.power import Level
 from drivers.process import Drivers
 from edge import bus, topics
@@ -33,11 +33,12 @@ pytestmark = pytest.mark.timeout(90)
 PANEL = "[gpio]\nbutton_pin = 17\nlink_led_pin = 5\nqueue_led_pin = 6\nbattery_led_pin = 13\n"
 PANEL += "buzzer_pin = 18\nhold_s = 1.0\nshort_press_s = 0.5\n"
 POWER = '[power]\nsource = "ina219"\n'
+BASE = '[kit]\nid = 7\nname = "测试套件"\n[paths]\ndata_dir = "data"\nruntime_dir = "run"\n'
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "kit.toml"
-    path.write_text(render_default(7, "测试套件", "data", "run") + PANEL + POWER + extra)
+    path.write_text(BASE + PANEL + POWER + extra)
     return path
 
 
