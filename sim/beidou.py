@@ -19,11 +19,9 @@ import binascii
 import contextlib
 import math
 import os
-import pty
 import random
 import re
 import time
-import tty
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from drivers.sentence import Sentence, StreamParser
+from sim.pty import PtyNode
 
 Version = Literal["4.0", "5.0"]
 RDSS_BITS = {1: 110, 2: 408, 3: 628, 4: 848}
@@ -151,8 +150,7 @@ class SimulatedTerminal:
         self._t0 = time.monotonic()
         self._parser = StreamParser()
         self._master: int | None = None
-        self._slave: int | None = None
-        self._slave_name = ""
+        self._pty = PtyNode(self.link, "simulated terminal")
         self._out: asyncio.Queue[bytes] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._air: set[asyncio.Task[None]] = set()  # messages in flight outlive an unplug
@@ -166,11 +164,7 @@ class SimulatedTerminal:
     @property
     def path(self) -> str:
         """What the host opens: the ``link`` if given, else the pty's slave."""
-        if self.link is not None:
-            return str(self.link)
-        if not self._slave_name:
-            raise RuntimeError("simulated terminal not started: it has no pty yet")
-        return self._slave_name
+        return self._pty.path
 
     def now(self) -> float:
         """Emulated seconds since the terminal was made."""
@@ -198,17 +192,7 @@ class SimulatedTerminal:
         """A fresh pty (a new device node), at ``link`` if given."""
         if self._master is not None:
             return
-        master, slave = pty.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        # The terminal keeps the slave open itself, so the master never sees a hang-up
-        # (EIO) while the host is away; the host's end-of-file comes from closing the master.
-        self._master, self._slave, self._slave_name = master, slave, os.ttyname(slave)
-        if self.link is not None:
-            tmp = self.link.with_name(self.link.name + ".new")
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(self._slave_name)
-            tmp.replace(self.link)  # atomic: the path is never missing while swapped
+        master = self._master = self._pty.open()
         loop = asyncio.get_running_loop()
         loop.add_reader(master, self._readable)
         self._spawn(self._write_out())
@@ -224,16 +208,8 @@ class SimulatedTerminal:
         self._out = asyncio.Queue()
         if self._master is not None:
             asyncio.get_running_loop().remove_reader(self._master)
-            os.close(self._master)
             self._master = None
-        if self._slave is not None:
-            os.close(self._slave)
-            self._slave = None
-        if self.link is not None and self.link.is_symlink():
-            with contextlib.suppress(OSError):
-                if os.readlink(self.link) == self._slave_name:
-                    self.link.unlink()
-        self._slave_name = ""
+        self._pty.close()
 
     # --- wire-side controls ------------------------------------------------------------
 

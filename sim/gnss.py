@@ -22,10 +22,8 @@ import asyncio
 import contextlib
 import math
 import os
-import pty
 import random
 import time
-import tty
 from collections import deque
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 from drivers.sentence import Sentence
+from sim.pty import PtyNode
 
 Talker = Literal["GN", "GP", "GB", "BD"]
 METRES_PER_DEGREE = 111_320.0
@@ -202,8 +201,7 @@ class SimulatedReceiver:
         self._silent_until = -math.inf
         self._fix_lost = False
         self._master: int | None = None
-        self._slave: int | None = None
-        self._slave_name = ""
+        self._pty = PtyNode(self.link, "simulated receiver")
         self._out: asyncio.Queue[bytes] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -212,11 +210,7 @@ class SimulatedReceiver:
     @property
     def path(self) -> str:
         """What the host opens: the ``link`` if given, else the pty's slave."""
-        if self.link is not None:
-            return str(self.link)
-        if not self._slave_name:
-            raise RuntimeError("simulated receiver not started: it has no pty yet")
-        return self._slave_name
+        return self._pty.path
 
     def now(self) -> float:
         """Emulated seconds since the receiver was made."""
@@ -241,17 +235,7 @@ class SimulatedReceiver:
         """Power on with a fresh pty (a new device node), at ``link`` if given: a cold start."""
         if self._master is not None:
             return
-        master, slave = pty.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        # The receiver keeps the slave open itself, so the master never sees a hang-up
-        # while the host is away; the host's end-of-file comes from closing the master.
-        self._master, self._slave, self._slave_name = master, slave, os.ttyname(slave)
-        if self.link is not None:
-            tmp = self.link.with_name(self.link.name + ".new")
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(self._slave_name)
-            tmp.replace(self.link)  # atomic: the path is never missing while swapped
+        self._master = self._pty.open()
         self._booted_at = self.now()
         self._spawn(self._write_out())
         self._spawn(self._epochs())
@@ -264,16 +248,8 @@ class SimulatedReceiver:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._out = asyncio.Queue()
         if self._master is not None:
-            os.close(self._master)
             self._master = None
-        if self._slave is not None:
-            os.close(self._slave)
-            self._slave = None
-        if self.link is not None and self.link.is_symlink():
-            with contextlib.suppress(OSError):
-                if os.readlink(self.link) == self._slave_name:
-                    self.link.unlink()
-        self._slave_name = ""
+        self._pty.close()
 
     # --- wire-side controls --------------------------------------------------------------
 

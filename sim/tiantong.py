@@ -23,10 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pty
 import random
 import re
-import tty
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from typing import Any, Self
 
 from drivers import smspdu
 from drivers.smspdu import Alphabet, BadPdu, Segment, Submit
+from sim.pty import PtyNode
 
 _CHUNK = 32  # bytes written at once: the host sees lines arrive in pieces, as from a UART
 _BEIJING = timezone(timedelta(hours=8))
@@ -261,8 +260,7 @@ class SimulatedModem:
         self._body_ready: asyncio.Future[str | None] | None = None
         self._held: deque[str] = deque(maxlen=50)  # URCs kept while the line is busy
         self._master: int | None = None
-        self._slave: int | None = None
-        self._slave_name = ""
+        self._pty = PtyNode(self.link, "simulated modem")
         self._out: asyncio.Queue[bytes] = asyncio.Queue()
         self._commands: asyncio.Queue[str] = asyncio.Queue(maxsize=16)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -307,11 +305,7 @@ class SimulatedModem:
     @property
     def path(self) -> str:
         """What the host opens: the ``link`` if given, else the pty's slave."""
-        if self.link is not None:
-            return str(self.link)
-        if not self._slave_name:
-            raise RuntimeError("simulated modem not started: it has no pty yet")
-        return self._slave_name
+        return self._pty.path
 
     @property
     def csq(self) -> int:
@@ -340,17 +334,7 @@ class SimulatedModem:
         """Power and a fresh pty (a new device node), at ``link`` if given; the module boots."""
         if self._master is not None:
             return
-        master, slave = pty.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        # The modem keeps the slave open itself, so the master never sees a hang-up
-        # (EIO) while the host is away; the host's end-of-file comes from closing the master.
-        self._master, self._slave, self._slave_name = master, slave, os.ttyname(slave)
-        if self.link is not None:
-            tmp = self.link.with_name(self.link.name + ".new")
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(self._slave_name)
-            tmp.replace(self.link)  # atomic: the path is never missing while swapped
+        master = self._master = self._pty.open()
         asyncio.get_running_loop().add_reader(master, self._readable)
         self._spawn(self._write_out())
         self._boot(0.0)
@@ -367,16 +351,8 @@ class SimulatedModem:
         self.reg = Reg.NOT_REGISTERED
         if self._master is not None:
             asyncio.get_running_loop().remove_reader(self._master)
-            os.close(self._master)
             self._master = None
-        if self._slave is not None:
-            os.close(self._slave)
-            self._slave = None
-        if self.link is not None and self.link.is_symlink():
-            with contextlib.suppress(OSError):
-                if os.readlink(self.link) == self._slave_name:
-                    self.link.unlink()
-        self._slave_name = ""
+        self._pty.close()
 
     # --- wire-side controls ------------------------------------------------------------
 
