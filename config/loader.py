@@ -225,6 +225,11 @@ critical_percent = 10    # below: flush the outbox and power off cleanly
 # battery_led_pin = 13
 # buzzer_pin = 18
 
+[mesh]                   # the team's Meshtastic radio
+enabled = false
+connection = "serial"    # serial (USB) or tcp (a radio on the network)
+# device = "/dev/ttyACM0"
+
 # 北斗 / Beidou (mtu and interval are read from the card):
 # [[links]]
 # kind = "beidou"

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from drivers.gpio import GpioConfig
 from drivers.power import PowerConfig
+from mesh.config import MeshConfig
 from uplink.registry import LinkConfigBase, config_union
 
 # ipc:// endpoints live in the runtime folder; a Unix socket path holds at most 107 bytes.
@@ -188,6 +189,11 @@ class KitConfig(Strict):
         default_factory=lambda: GpioConfig(),
         title="按钮与指示灯 / Button and lights",
         description="The SOS button, status LEDs and buzzer on the Pi's GPIO header.",
+    )
+    mesh: MeshConfig = Field(
+        default_factory=lambda: MeshConfig(),
+        title="自组网 / Mesh",
+        description="The team's Meshtastic LoRa mesh: texts, SOS and positions from handhelds.",
     )
     links: list[LinkConfig] = Field(
         default_factory=list,

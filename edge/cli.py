@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "drivers", help="只运行设备进程（systemd 用）/ run GNSS, battery and button alone"
     )
     _config_arg(p)
+    p = sub.add_parser("mesh", help="只运行自组网进程（systemd 用）/ run the team mesh alone")
+    _config_arg(p)
     p = sub.add_parser("uplink", help="只运行上行进程（systemd 用）/ run the uplink alone")
     _config_arg(p)
     sub.add_parser(
@@ -252,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         from drivers.process import main as drivers_main
 
         return drivers_main(config_path)
+    if args.command == "mesh":
+        from mesh.process import main as mesh_main
+
+        return mesh_main(config_path)
     if args.command == "uplink":
         from uplink.process import main as uplink_main
 

@@ -18,6 +18,7 @@ PROCESSES: dict[str, list[str]] = {
     "edge": ["edge"],
     "uplink": ["uplink"],
     "drivers": ["drivers"],
+    "mesh": ["mesh"],
 }
 
 MAX_BACKOFF_S = 30.0

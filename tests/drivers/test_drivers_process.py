@@ -33,6 +33,7 @@ pytestmark = pytest.mark.timeout(90)
 PANEL = "[gpio]\nbutton_pin = 17\nlink_led_pin = 5\nqueue_led_pin = 6\nbattery_led_pin = 13\n"
 PANEL += "buzzer_pin = 18\nhold_s = 1.0\nshort_press_s = 0.5\n"
 POWER = '[power]\nsource = "ina219"\n'
+EVERY_DEVICE = {"gnss": True, "battery": True, "panel": True, "beidou": True, "mesh": True}
 BASE = '[kit]\nid = 7\nname = "测试套件"\n[paths]\ndata_dir = "data"\nruntime_dir = "run"\n'
 
 
@@ -145,7 +146,7 @@ def test_low_battery_pauses_bulk_then_flushes_and_powers_off_once(
 
 def test_kit_run_with_simulated_devices_shows_every_device_in_kit_status(tmp_path: Path) -> None:
     link = '[[links]]\nkind = "beidou"\nname = "beidou"\ncentre_id = "0300001"\n'
-    path = write_config(tmp_path, link)
+    path = write_config(tmp_path, "[mesh]\nenabled = true\n" + link)
     env = {**os.environ, "KIT_BACKEND": "sim"}
     run = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "run", "--config", str(path)],
@@ -166,19 +167,12 @@ def test_kit_run_with_simulated_devices_shows_every_device_in_kit_status(tmp_pat
                 status = json.loads(out.stdout)
                 devices = status.get("devices") or {}
                 assert isinstance(devices, dict)
-                if {"gnss", "battery", "panel", "beidou"} <= set(devices) and all(
-                    d["online"] for d in devices.values()
-                ):
+                if set(EVERY_DEVICE) <= set(devices) and all(d["online"] for d in devices.values()):
                     break
             time.sleep(0.5)
         devices = status["devices"]
         assert isinstance(devices, dict)
-        assert {name: d["online"] for name, d in devices.items()} == {
-            "gnss": True,
-            "battery": True,
-            "panel": True,
-            "beidou": True,
-        }, devices
+        assert {name: d["online"] for name, d in devices.items()} == EVERY_DEVICE, devices
         assert status["links"]["beidou"]["online"] is True  # type: ignore[index]
         assert status["position"] is not None and status["battery"] is not None
         table = subprocess.run(
@@ -187,7 +181,7 @@ def test_kit_run_with_simulated_devices_shows_every_device_in_kit_status(tmp_pat
             text=True,
             check=True,
         ).stdout
-        for name in ("gnss", "battery", "panel", "beidou"):
+        for name in EVERY_DEVICE:
             assert f"    {name}" in table
     finally:
         run.send_signal(signal.SIGINT)

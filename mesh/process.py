@@ -1,0 +1,214 @@
+"""`kit mesh`: the team's Meshtastic traffic into the outbox, and the radio's state on the bus.
+
+Every text a member sends becomes one item (SOS → P0, reports → P1, the rest P1
+messages) and every position a P2 track (see :mod:`mesh.reports`). Items wait in a small
+in-memory hand-over queue until the edge daemon has them on disk: while the edge is away
+they are retried with a growing delay, the most urgent first. The queue is bounded (a
+radio can outtalk a dead edge for hours); on overflow the least urgent oldest item is
+dropped and logged, and a newer track of a member replaces the one still waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import zmq.asyncio
+
+from config.loader import load
+from config.schema import KitConfig
+from edge import bus, topics
+from edge.client import AsyncEdgeClient, EdgeRefused
+from edge.daemon import RPC_SOCKET
+from edge.errors import BadItem
+from edge.item import Item, Kind
+from mesh.config import MeshConfig
+from mesh.radio import Event, MeshRadio, PositionReceived, TextReceived
+from mesh.reports import position_item, text_item
+
+log = logging.getLogger("mesh")
+
+REPORT_S = 10.0  # the radio's state is published this often, and on every change
+RETRY_FIRST_S = 0.5  # first wait after the edge did not answer; doubles up to RETRY_MAX_S
+RETRY_MAX_S = 30.0
+
+
+class Handover:
+    """Items on their way to the edge daemon: bounded, most urgent first, tracks superseded."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: list[Item] = []
+        self.ready = asyncio.Event()  # set while anything waits
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Item) -> Item | None:
+        """Queue ``item``; returns the item dropped to make room (maybe ``item`` itself)."""
+        if item.kind is Kind.TRACK:
+            self._items = [
+                i for i in self._items if not (i.kind is Kind.TRACK and i.source == item.source)
+            ]
+        self._items.append(item)
+        dropped = None
+        if len(self._items) > self.size:
+            # The least urgent class loses its oldest item: an SOS never makes way for a track.
+            dropped = max(self._items, key=lambda i: i.priority)
+            self._items.remove(dropped)
+            self.dropped += 1
+        self.ready.set()
+        return dropped
+
+    def next(self) -> Item | None:
+        """The item to hand over now: the oldest of the most urgent class."""
+        return min(self._items, key=lambda i: i.priority, default=None)
+
+    def done(self, item: Item) -> None:
+        with contextlib.suppress(ValueError):  # superseded or dropped meanwhile
+            self._items.remove(item)
+        if not self._items:
+            self.ready.clear()
+
+
+class MeshService:
+    """The radio, its items on their way to the edge, and its state on the bus."""
+
+    def __init__(
+        self,
+        mesh: MeshConfig,
+        edge: AsyncEdgeClient,
+        publisher: bus.Publisher,
+        radio: MeshRadio | None = None,
+    ) -> None:
+        self.edge = edge
+        self.publisher = publisher
+        self.radio = radio if radio is not None else MeshRadio(mesh)
+        self.radio.on_event = self.on_event
+        self.radio.on_change = self._note_change
+        self.queue = Handover(mesh.queue_size)
+        self.accepted = 0
+        self._changed = asyncio.Event()
+
+    def _note_change(self) -> None:
+        self._changed.set()
+
+    def on_event(self, event: Event) -> None:
+        """A member's text or position becomes an item in the hand-over queue."""
+        item: Item | None = None
+        if isinstance(event, TextReceived):
+            try:
+                item = text_item(event.text, event.sender, self.radio.roster)
+            except Exception:  # text_item is total: this is a bug, and the text must be seen
+                log.exception("text from %s not filed: %r", event.sender, event.text)
+                return
+        elif isinstance(event, PositionReceived):
+            member = self.radio.roster.get(event.sender)
+            item = position_item(
+                event.sender,
+                event.lat,
+                event.lon,
+                event.alt_m,
+                time_s=event.time_s,
+                battery_percent=member.battery_percent if member else None,
+            )
+        if item is None:
+            return
+        log.info("%s from %s: %s %s", item.kind.value, item.source, item.priority.name, item.text)
+        dropped = self.queue.put(item)
+        if dropped is not None:
+            log.error(
+                "交接队列已满，丢弃 / hand-over queue full, dropped %s %s from %s: %r",
+                dropped.priority.name,
+                dropped.kind.value,
+                dropped.source,
+                dropped.text or dropped.position,
+            )
+
+    async def deliver(self) -> None:
+        """Hand queued items to the edge daemon until cancelled; retry while it is away."""
+        delay = RETRY_FIRST_S
+        while True:
+            await self.queue.ready.wait()
+            item = self.queue.next()
+            if item is None:
+                self.queue.ready.clear()
+                continue
+            try:
+                answer = await self.edge.accept(item)
+            except (BadItem, EdgeRefused) as err:  # will never be taken: keep it in the log
+                log.error("edge refused %s from %s (%s): %r", item.kind, item.source, err, item)
+                self.queue.done(item)
+                continue
+            except Exception as err:
+                log.warning("edge unavailable, retry in %.1f s: %s", delay, err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            delay = RETRY_FIRST_S
+            self.queue.done(item)
+            self.accepted += 1
+            log.info("accepted #%s: %s from %s", answer.get("seq"), item.kind.value, item.source)
+
+    async def report(self) -> None:
+        """Publish the radio's state on change and every ``REPORT_S``, until cancelled."""
+        while True:
+            self._changed.clear()
+            try:
+                await self.publisher.publish(topics.DEVICE_STATE, self.radio.state())
+            except Exception:
+                log.exception("radio state not published")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), REPORT_S)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.radio.start()
+        tasks = [asyncio.create_task(self.deliver()), asyncio.create_task(self.report())]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.radio.close()
+            if len(self.queue):
+                log.error("%d mesh items not handed over at exit", len(self.queue))
+
+
+async def serve(
+    config: KitConfig, stop: asyncio.Event, mesh_config: MeshConfig | None = None
+) -> None:
+    """Run the team mesh until ``stop``; ``mesh_config`` is the ``[mesh]`` section."""
+    mesh = mesh_config if mesh_config is not None else MeshConfig()
+    if not mesh.enabled:
+        log.info("Mesh 未启用 / mesh disabled: set [mesh] enabled = true to use the radio")
+        await stop.wait()
+        return
+    edge = AsyncEdgeClient(config.endpoint(RPC_SOCKET), timeout_s=config.edge.rpc_timeout_s)
+    publisher = bus.Publisher(zmq.asyncio.Context.instance(), config.endpoint(bus.PUB_SOCKET))
+    try:
+        await MeshService(mesh, edge, publisher).run(stop)
+    finally:
+        publisher.close()
+        await edge.close()
+
+
+def main(config_path: Path | None = None) -> int:
+    loaded = load(config_path)
+    logging.basicConfig(
+        level=loaded.config.log.level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(loaded.config, stop, loaded.config.mesh)
+
+    asyncio.run(run())
+    return 0
