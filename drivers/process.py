@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any
 
 import zmq.asyncio
 
-from config.loader import load
 from config.schema import KitConfig
 from drivers.backend import kind as backend_kind
 from drivers.clock import clock_synchronised
@@ -49,6 +47,7 @@ from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
 from edge.item import Item, Position, new_item
+from edge.service import run_service
 from uplink.kinds.datagram import parse_address
 
 log = logging.getLogger("drivers")
@@ -318,17 +317,4 @@ async def serve(config: KitConfig, stop: asyncio.Event) -> None:
 
 
 def main(config_path: Path | None = None) -> int:
-    loaded = load(config_path)
-    logging.basicConfig(
-        level=loaded.config.log.level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(loaded.config, stop)
-
-    asyncio.run(run())
-    return 0
+    return run_service("drivers", serve, config_path)

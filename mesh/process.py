@@ -13,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from pathlib import Path
 
 import zmq.asyncio
 
-from config.loader import load
 from config.schema import KitConfig
 from edge import bus, topics
 from edge.client import AsyncEdgeClient, EdgeRefused
 from edge.daemon import RPC_SOCKET
 from edge.errors import BadItem
 from edge.item import Item, Kind
+from edge.service import run_service
 from mesh.config import MeshConfig
 from mesh.radio import Event, MeshRadio, PositionReceived, TextReceived
 from mesh.reports import position_item, text_item
@@ -198,17 +197,7 @@ async def serve(
 
 
 def main(config_path: Path | None = None) -> int:
-    loaded = load(config_path)
-    logging.basicConfig(
-        level=loaded.config.log.level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    async def serve_mesh(config: KitConfig, stop: asyncio.Event) -> None:
+        await serve(config, stop, config.mesh)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(loaded.config, stop, loaded.config.mesh)
-
-    asyncio.run(run())
-    return 0
+    return run_service("mesh", serve_mesh, config_path)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from pathlib import Path
 
 import zmq.asyncio
 
-from config.loader import load
 from config.schema import KitConfig
 from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
 from edge.item import Priority
+from edge.service import run_service
 from uplink import registry
 from uplink.link import Link
 from uplink.runner import Uplink
@@ -142,21 +141,4 @@ async def serve(config: KitConfig, stop: asyncio.Event) -> None:
 
 
 def main(config_path: Path | None = None) -> int:
-    loaded = load(config_path)
-    logging.basicConfig(
-        level=loaded.config.log.level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    if loaded.safe_mode:
-        log.error("安全模式 / SAFE MODE: using the links that are valid; config errors:")
-        for issue in loaded.issues:
-            log.error("  %s", issue)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(loaded.config, stop)
-
-    asyncio.run(run())
-    return 0
+    return run_service("uplink", serve, config_path)
