@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
-import threading
 import tty
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
+from hygiene import nothing_left_open, run  # noqa: F401 (autouse fixture)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,23 +31,6 @@ T = TypeVar("T")
 pytestmark = pytest.mark.timeout(60)
 FAST = Backoff(first_s=0.05, max_s=0.2)
 CSQ = b"\r\n+CSQ: 17,99\r\n\r\nOK\r\n"
-
-
-def run(main: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-    async def checked() -> T:
-        result = await asyncio.wait_for(main, timeout)
-        assert asyncio.all_tasks() == {asyncio.current_task()}, "tasks left running"
-        return result
-
-    return asyncio.run(checked())
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_open() -> Iterator[None]:
-    fds, threads = set(os.listdir("/proc/self/fd")), set(threading.enumerate())
-    yield
-    assert not set(os.listdir("/proc/self/fd")) - fds, "file descriptors (ptys) left open"
-    assert not set(threading.enumerate()) - threads, "threads left running"
 
 
 class Wire:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hygiene import nothing_left_open, run  # noqa: F401 (autouse fixture)
 
 from drivers.backend import BadBackend, SerialDevice
 from drivers.beidou import (
@@ -50,24 +49,6 @@ CENTRE = SimCard(user_id="0300001", comm_level=4)
 TIMING = Timing()
 SENDS = {"CCTXA", "CCTCQ"}
 protocols = pytest.mark.parametrize("protocol", ["4.0", "5.0"])
-
-
-def run(main: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    async def checked() -> T:
-        result = await asyncio.wait_for(main, timeout)
-        assert asyncio.all_tasks() == {asyncio.current_task()}, "tasks left running"
-        return result
-
-    return asyncio.run(checked())
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_open() -> Iterator[None]:
-    # Only what THIS test opened counts: threads of earlier tests may end meanwhile.
-    fds, threads = set(os.listdir("/proc/self/fd")), set(threading.enumerate())
-    yield
-    assert not set(os.listdir("/proc/self/fd")) - fds, "file descriptors (ptys) left open"
-    assert not set(threading.enumerate()) - threads, "threads left running"
 
 
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:

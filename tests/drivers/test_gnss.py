@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hygiene import nothing_left_open, run  # noqa: F401 (autouse fixture)
 
 from drivers.backend import BadBackend
 from drivers.gnss import (
@@ -36,23 +35,6 @@ SPEED = 10.0  # ten epochs a real second
 FAST = Backoff(first_s=0.05, max_s=0.2)
 QUICK = Timing(time_s=0.5, acquire_s=1.0, boot_s=10.0)  # emulated seconds
 CHENGDU = (30.6586, 104.0647)
-
-
-def run(main: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    async def checked() -> T:
-        result = await asyncio.wait_for(main, timeout)
-        assert asyncio.all_tasks() == {asyncio.current_task()}, "tasks left running"
-        return result
-
-    return asyncio.run(checked())
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_open() -> Iterator[None]:
-    fds, threads = set(os.listdir("/proc/self/fd")), set(threading.enumerate())
-    yield
-    assert not set(os.listdir("/proc/self/fd")) - fds, "file descriptors (ptys) left open"
-    assert not set(threading.enumerate()) - threads, "threads left running"
 
 
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:

@@ -6,14 +6,14 @@ import asyncio
 import os
 import shutil
 import stat
-import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hygiene import nothing_left_open, run  # noqa: F401 (autouse fixture)
 
 from drivers.ppp import PeerConfig, PppSession, chat_script, peer_file, write_peer
 from drivers.serialio import Backoff
@@ -39,25 +39,6 @@ KIT, CENTRE = "+8617700000001", "+8617700000002"
 modes = pytest.mark.parametrize("mode", ["pdu", "text"])
 TIMING = Timing()
 CHAT = shutil.which("chat") or "/usr/sbin/chat"
-
-
-def run(main: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    async def checked() -> T:
-        result = await asyncio.wait_for(main, timeout)
-        assert asyncio.all_tasks() == {asyncio.current_task()}, "tasks left running"
-        return result
-
-    return asyncio.run(checked())
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_open() -> Iterator[None]:
-    fds, threads = set(os.listdir("/proc/self/fd")), set(threading.enumerate())
-    yield
-    assert not set(os.listdir("/proc/self/fd")) - fds, "file descriptors (ptys) left open"
-    for thread in set(threading.enumerate()) - threads:
-        thread.join(2.0)  # asyncio's per-child waitpid thread ends just after the child
-    assert not set(threading.enumerate()) - threads, "threads left running"
 
 
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import cbor2
 import pytest
 from aiohttp import web
+from hygiene import nothing_left_open, run  # noqa: F401 (autouse fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
@@ -48,23 +47,6 @@ TELNET = TelnetProbeConfig.model_fields
 DEFAULTS = TelnetProbeConfig(
     kind="idirect-telnet", host="127.0.0.1", username="admin", password="iDirect"
 )
-
-
-def run(main: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    async def checked() -> T:
-        result = await asyncio.wait_for(main, timeout)
-        assert asyncio.all_tasks() == {asyncio.current_task()}, "tasks left running"
-        return result
-
-    return asyncio.run(checked())
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_open() -> Iterator[None]:
-    fds, threads = set(os.listdir("/proc/self/fd")), set(threading.enumerate())
-    yield
-    assert not set(os.listdir("/proc/self/fd")) - fds, "file descriptors (sockets) left open"
-    assert not set(threading.enumerate()) - threads, "threads left running"
 
 
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import meshtastic.serial_interface
 import meshtastic.tcp_interface
 import pytest
+from hygiene import nothing_left_open, run  # noqa: F401 (autouse fixture)
 
 from mesh.config import MeshConfig
 from mesh.radio import (
@@ -29,23 +28,6 @@ T = TypeVar("T")
 pytestmark = pytest.mark.timeout(60)
 
 LEADER, MEDIC = 0xA1B2_0001, 0xA1B2_0002
-
-
-def run(main: Coroutine[Any, Any, T], timeout: float = 25.0) -> T:
-    async def checked() -> T:
-        result = await asyncio.wait_for(main, timeout)
-        assert asyncio.all_tasks() == {asyncio.current_task()}, "tasks left running"
-        return result
-
-    return asyncio.run(checked())
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_open() -> Iterator[None]:
-    fds, threads = set(os.listdir("/proc/self/fd")), set(threading.enumerate())
-    yield
-    assert not set(os.listdir("/proc/self/fd")) - fds, "file descriptors left open"
-    assert not set(threading.enumerate()) - threads, "threads left running"
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
