@@ -19,13 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from centre import pump
 from centre.frames import FrameGateway
 from drivers import tiantong
 from drivers.beidou import BadMessage, BeidouTerminal, NoFeedback, Refused, TerminalOffline
 from drivers.beidou import TooSoon as BeidouTooSoon
 from drivers.device import Device
 from drivers.smspdu import BadAddress, MessageTooLong
-from uplink.frames import BadFrame, decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,14 @@ class MessageGateway:
     def start(self) -> None:
         name = self.gateway.name
         self.tasks = [
-            asyncio.create_task(self._worker(), name=f"msggw {name}"),
+            asyncio.create_task(
+                pump.answer(self.gateway, self.inbox, self.kits, self._queue), name=f"msggw {name}"
+            ),
             asyncio.create_task(self._sender(), name=f"msggw {name} send"),
-            asyncio.create_task(self._asker(), name=f"msggw {name} missing"),
+            asyncio.create_task(
+                pump.ask(self.gateway, self.kits, self.poll_s, self._queue),
+                name=f"msggw {name} missing",
+            ),
         ]
 
     def received(self, address: str, payload: bytes) -> None:
@@ -93,20 +98,6 @@ class MessageGateway:
             self.outbox.append((address, frame))
         if frames:
             self._more.set()
-
-    async def _worker(self) -> None:
-        while True:
-            address, data = await self.inbox.get()
-            try:
-                answers = await self.gateway.handle(data)
-            except Exception:
-                log.exception("%s: message from %s not handled", self.gateway.name, address)
-                continue
-            with contextlib.suppress(BadFrame):
-                frame = decode_frame(data)
-                if not frame.downlink:
-                    self.kits[frame.kit_id] = address
-            self._queue(address, answers)
 
     async def _sender(self) -> None:
         while True:
@@ -127,17 +118,6 @@ class MessageGateway:
                 self.sent += 1
             if self.outbox and self.outbox[0] == (address, frame):
                 self.outbox.popleft()
-
-    async def _asker(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_s)
-            try:
-                requests = await self.gateway.missing(self.kits.keys())
-            except Exception:
-                log.exception("%s: MISSING requests failed", self.gateway.name)
-                continue
-            for frame in requests:
-                self._queue(self.kits[decode_frame(frame).kit_id], [frame])
 
     async def close(self) -> None:
         for task in self.tasks:

@@ -13,8 +13,8 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from centre import pump
 from centre.frames import FrameGateway
-from uplink.frames import BadFrame, decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,14 @@ Address = tuple[str, int]
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, queue: asyncio.Queue[tuple[bytes, Address]], name: str) -> None:
+    def __init__(self, queue: asyncio.Queue[tuple[Address, bytes]], name: str) -> None:
         self.queue = queue
         self.name = name
         self.dropped = 0
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            self.queue.put_nowait((data, (addr[0], addr[1])))
+            self.queue.put_nowait(((addr[0], addr[1]), data))
         except asyncio.QueueFull:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -48,7 +48,7 @@ class UdpServer:
     gateway: FrameGateway
     transport: asyncio.DatagramTransport
     poll_s: float
-    queue: asyncio.Queue[tuple[bytes, Address]]
+    queue: asyncio.Queue[tuple[Address, bytes]]
     kits: dict[int, Address] = field(default_factory=dict)  # where each kit was last heard
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -58,37 +58,11 @@ class UdpServer:
         sockname = self.transport.get_extra_info("sockname")
         return sockname[0], sockname[1]
 
-    def _send(self, frames: list[bytes], addr: Address) -> None:
+    def _send(self, addr: Address, frames: list[bytes]) -> None:
         if self.transport.is_closing():
             return
         for frame in frames:
             self.transport.sendto(frame, addr)
-
-    async def _worker(self) -> None:
-        while True:
-            data, addr = await self.queue.get()
-            try:
-                answers = await self.gateway.handle(data)
-            except Exception:
-                log.exception("%s: frame from %s:%d not handled", self.gateway.name, *addr)
-                continue
-            with contextlib.suppress(BadFrame):
-                frame = decode_frame(data)
-                if not frame.downlink:
-                    self.kits[frame.kit_id] = addr
-            self._send(answers, addr)
-
-    async def _asker(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_s)
-            try:
-                requests = await self.gateway.missing(self.kits.keys())
-            except Exception:
-                log.exception("%s: MISSING requests failed", self.gateway.name)
-                continue
-            for frame in requests:
-                kit_id = decode_frame(frame).kit_id
-                self._send([frame], self.kits[kit_id])
 
     async def close(self) -> None:
         self.transport.close()
@@ -109,15 +83,20 @@ async def serve_udp(
     """
     if poll_s is None:
         poll_s = min(max(gateway.missing_after_s / 4, 0.05), 5.0)
-    queue: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue(QUEUE)
+    queue: asyncio.Queue[tuple[Address, bytes]] = asyncio.Queue(QUEUE)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
         lambda: _Protocol(queue, gateway.name), local_addr=listen
     )
     server = UdpServer(gateway, transport, poll_s, queue)
     server.tasks = [
-        asyncio.create_task(server._worker(), name=f"udpgw {gateway.name}"),
-        asyncio.create_task(server._asker(), name=f"udpgw {gateway.name} missing"),
+        asyncio.create_task(
+            pump.answer(gateway, queue, server.kits, server._send), name=f"udpgw {gateway.name}"
+        ),
+        asyncio.create_task(
+            pump.ask(gateway, server.kits, poll_s, server._send),
+            name=f"udpgw {gateway.name} missing",
+        ),
     ]
     log.info("%s: frame gateway listening on UDP %s:%d", gateway.name, *server.address)
     return server

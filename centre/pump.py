@@ -1,0 +1,58 @@
+"""The loops every frame gateway runs, whatever carries its frames (UDP, a terminal, a modem).
+
+:func:`answer` takes frames from a queue, hands each to :meth:`FrameGateway.handle`,
+remembers where each kit was last heard and sends the answers back there; :func:`ask`
+sends each stalled message's MISSING request to where its kit was last heard. ``A`` is
+the transport's address: ``(host, port)``, a Beidou card number, a phone number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from centre.frames import FrameGateway
+from uplink.frames import BadFrame, decode_frame
+
+log = logging.getLogger(__name__)
+
+A = TypeVar("A")
+Send = Callable[[A, list[bytes]], None]
+
+
+async def answer(
+    gateway: FrameGateway,
+    inbox: asyncio.Queue[tuple[A, bytes]],
+    kits: dict[int, A],
+    send: Send[A],
+) -> None:
+    """Handle queued frames one at a time, until cancelled."""
+    while True:
+        address, data = await inbox.get()
+        try:
+            answers = await gateway.handle(data)
+        except Exception:
+            log.exception("%s: frame from %s not handled", gateway.name, address)
+            continue
+        with contextlib.suppress(BadFrame):
+            frame = decode_frame(data)
+            if not frame.downlink:
+                kits[frame.kit_id] = address
+        if answers:
+            send(address, answers)
+
+
+async def ask(gateway: FrameGateway, kits: dict[int, A], poll_s: float, send: Send[A]) -> None:
+    """Every ``poll_s``, ask the kits heard from for the fragments still missing."""
+    while True:
+        await asyncio.sleep(poll_s)
+        try:
+            requests = await gateway.missing(kits.keys())
+        except Exception:
+            log.exception("%s: MISSING requests failed", gateway.name)
+            continue
+        for frame in requests:
+            send(kits[decode_frame(frame).kit_id], [frame])
