@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import math
 import os
 import random
@@ -31,14 +30,13 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from drivers.sentence import Sentence, StreamParser
-from sim.pty import PtyNode
+from sim.pty import PtyNode, write_paced
 
 Version = Literal["4.0", "5.0"]
 RDSS_BITS = {1: 110, 2: 408, 3: 628, 4: 848}
 RDSS_BITS_ENCRYPTED = {1: 140, 2: 360, 3: 580, 4: 1680}
 REGIONAL_BITS = 14_000
 _ID = re.compile(r"[0-9]{1,11}")
-_CHUNK = 32  # bytes written at once: the host sees sentences arrive in pieces, as from a UART
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,19 +401,7 @@ class SimulatedTerminal:
             self._out.put_nowait(data)
 
     async def _write_out(self) -> None:
-        """Paced output: each chunk leaves no faster than the line rate allows."""
-        loop = asyncio.get_running_loop()
-        free_at = loop.time()
-        while True:
-            data = await self._out.get()
-            for at in range(0, len(data), _CHUNK):
-                chunk = data[at : at + _CHUNK]
-                free_at = max(free_at, loop.time()) + len(chunk) * 10 / self.baudrate
-                await asyncio.sleep(free_at - loop.time())
-                if self._master is None:
-                    return
-                with contextlib.suppress(BlockingIOError):  # host away and pty full: lost
-                    os.write(self._master, chunk)
+        await write_paced(self._pty, self._out, self.baudrate / 10)
 
     def _spawn(
         self, coro: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]] | None = None

@@ -19,7 +19,6 @@ back at the same ``link``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import random
@@ -33,12 +32,11 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 from drivers.sentence import Sentence
-from sim.pty import PtyNode
+from sim.pty import PtyNode, write_paced
 
 Talker = Literal["GN", "GP", "GB", "BD"]
 METRES_PER_DEGREE = 111_320.0
 KNOTS_PER_MPS = 3600.0 / 1852.0
-_CHUNK = 32  # bytes written at once: the host sees sentences arrive in pieces, as from a UART
 _SYSTEM_IDS = {"GPS": "1", "GLONASS": "2", "Galileo": "3", "BeiDou": "4"}
 _GSV_TALKERS = {"GPS": "GP", "GLONASS": "GL", "Galileo": "GA", "BeiDou": "GB"}
 
@@ -367,19 +365,7 @@ class SimulatedReceiver:
             self._out.put_nowait(data)
 
     async def _write_out(self) -> None:
-        """Paced output: each chunk leaves no faster than the line rate (in emulated time)."""
-        loop = asyncio.get_running_loop()
-        free_at = loop.time()
-        while True:
-            data = await self._out.get()
-            for at in range(0, len(data), _CHUNK):
-                chunk = data[at : at + _CHUNK]
-                free_at = max(free_at, loop.time()) + len(chunk) * 10 / self.baudrate / self.speed
-                await asyncio.sleep(free_at - loop.time())
-                if self._master is None:
-                    return
-                with contextlib.suppress(BlockingIOError):  # host away and pty full: lost
-                    os.write(self._master, chunk)
+        await write_paced(self._pty, self._out, self.baudrate / 10 * self.speed)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -9,6 +9,7 @@ end-of-file and the path disappears (unless it already points at a newer node).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pty
@@ -65,3 +66,27 @@ class PtyNode:
                 if os.readlink(self.link) == self._slave_name:
                     self.link.unlink()
         self._slave_name = ""
+
+
+CHUNK = 32  # bytes written at once: the host sees sentences arrive in pieces, as from a UART
+
+
+async def write_paced(node: PtyNode, out: asyncio.Queue[bytes], bytes_per_s: float) -> None:
+    """Write what ``out`` holds to the host, each chunk no faster than the line allows
+    (8N1: ``baudrate / 10`` bytes a second), until the node is closed or cancelled.
+
+    A pty has no flow control: when the host is away and its buffer is full, bytes are
+    lost, as on a UART nobody reads.
+    """
+    loop = asyncio.get_running_loop()
+    free_at = loop.time()
+    while True:
+        data = await out.get()
+        for at in range(0, len(data), CHUNK):
+            chunk = data[at : at + CHUNK]
+            free_at = max(free_at, loop.time()) + len(chunk) / bytes_per_s
+            await asyncio.sleep(free_at - loop.time())
+            if node.master is None:
+                return
+            with contextlib.suppress(BlockingIOError):
+                os.write(node.master, chunk)

@@ -36,9 +36,8 @@ from typing import Any, Self
 
 from drivers import smspdu
 from drivers.smspdu import Alphabet, BadPdu, Segment, Submit
-from sim.pty import PtyNode
+from sim.pty import PtyNode, write_paced
 
-_CHUNK = 32  # bytes written at once: the host sees lines arrive in pieces, as from a UART
 _BEIJING = timezone(timedelta(hours=8))
 _TEXT_STATS = {"REC UNREAD": 0, "REC READ": 1, "STO UNSENT": 2, "STO SENT": 3, "ALL": 4}
 _STAT_NAMES = {v: k for k, v in _TEXT_STATS.items()}
@@ -818,19 +817,7 @@ class SimulatedModem:
             self._out.put_nowait(data)
 
     async def _write_out(self) -> None:
-        """Paced output: each chunk leaves no faster than the line rate allows."""
-        loop = asyncio.get_running_loop()
-        free_at = loop.time()
-        while True:
-            data = await self._out.get()
-            for at in range(0, len(data), _CHUNK):
-                chunk = data[at : at + _CHUNK]
-                free_at = max(free_at, loop.time()) + len(chunk) * 10 / self.baudrate
-                await asyncio.sleep(free_at - loop.time())
-                if self._master is None:
-                    return
-                with contextlib.suppress(BlockingIOError):  # host away and pty full: lost
-                    os.write(self._master, chunk)
+        await write_paced(self._pty, self._out, self.baudrate / 10)
 
     async def _sleep(self, emulated_s: float) -> None:
         await asyncio.sleep(emulated_s / self.speed)
