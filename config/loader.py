@@ -230,6 +230,13 @@ enabled = false
 connection = "serial"    # serial (USB) or tcp (a radio on the network)
 # device = "/dev/ttyACM0"
 
+# 无人机视频 / drone video, recorded without decoding in segments (P4 items):
+# [[media.sources]]
+# name = "drone-1"
+# kind = "rtmp"           # the controller pushes to rtmp://<kit>:1935/live/drone-1
+# listen = "0.0.0.0:1935"
+# segment_s = 10
+
 # 北斗 / Beidou (mtu and interval are read from the card):
 # [[links]]
 # kind = "beidou"

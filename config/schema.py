@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from drivers.gpio import GpioConfig
 from drivers.power import PowerConfig
+from media.config import MediaConfig
 from mesh.config import MeshConfig
 from uplink.registry import LinkConfigBase, config_union
 
@@ -194,6 +195,11 @@ class KitConfig(Strict):
         default_factory=lambda: MeshConfig(),
         title="自组网 / Mesh",
         description="The team's Meshtastic LoRa mesh: texts, SOS and positions from handhelds.",
+    )
+    media: MediaConfig = Field(
+        default_factory=lambda: MediaConfig(),
+        title="媒体 / Media",
+        description="Drone video sources recorded on the kit's disk, and the media quota.",
     )
     links: list[LinkConfig] = Field(
         default_factory=list,

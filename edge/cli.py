@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p = sub.add_parser("mesh", help="只运行自组网进程（systemd 用）/ run the team mesh alone")
     _config_arg(p)
+    p = sub.add_parser("media", help="只运行媒体进程（systemd 用）/ run the video recorders alone")
+    _config_arg(p)
     p = sub.add_parser("uplink", help="只运行上行进程（systemd 用）/ run the uplink alone")
     _config_arg(p)
     sub.add_parser(
@@ -258,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         from mesh.process import main as mesh_main
 
         return mesh_main(config_path)
+    if args.command == "media":
+        from media.process import main as media_main
+
+        return media_main(config_path)
     if args.command == "uplink":
         from uplink.process import main as uplink_main
 

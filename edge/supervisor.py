@@ -19,6 +19,7 @@ PROCESSES: dict[str, list[str]] = {
     "uplink": ["uplink"],
     "drivers": ["drivers"],
     "mesh": ["mesh"],
+    "media": ["media"],
 }
 
 MAX_BACKOFF_S = 30.0
