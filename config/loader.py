@@ -251,4 +251,14 @@ connection = "serial"    # serial (USB) or tcp (a radio on the network)
 # name = "tiantong-sms"
 # device = "/dev/ttyUSB2"
 # centre_number = "+8617400000000"
+#
+# 天通数据 / Tiantong data (pppd dials first; a router terminal needs no [links.dial]):
+# [[links]]
+# kind = "ip"
+# name = "tiantong-data"
+# url = "https://centre.example:8440"
+# rate = 1200
+# rtt = 1.2
+# [links.dial]
+# peer = "tiantong"
 {link}"""

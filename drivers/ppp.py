@@ -188,7 +188,18 @@ class PppSession:
             return None
         return EXIT_REASONS.get(code, (f"pppd 退出码 {code}", f"pppd exit code {code}"))
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
     async def start(self) -> None:
+        """Start pppd (again, after it ended): it dials, and redials itself (``persist``)."""
+        if self.running:
+            return
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self.returncode, self.interface, self.local_ip = None, None, None
         self._proc = await asyncio.create_subprocess_exec(
             self.pppd,
             "call",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import cbor2
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from drivers.ppp import PppSession
 from drivers.vsat import ProbeConfig, TerminalMonitor, TerminalStatus
 from edge.topics import DeviceState
 from uplink.link import Link, LinkDown, LinkRefused
@@ -20,6 +22,33 @@ if TYPE_CHECKING:
     import aiohttp
 
 TUS_VERSION = "1.0.0"
+
+
+class PppDial(BaseModel):
+    """Dial-up before the link can be used: pppd on a Tiantong terminal's serial port."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    peer: str = Field(
+        "tiantong",
+        title="拨号配置名 / pppd peer",
+        description="Name of the pppd peer file, /etc/ppp/peers/<peer> (the image writes it).",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+    )
+    pppd: str = Field(
+        "/usr/sbin/pppd",
+        title="pppd 程序 / pppd program",
+        description="Path of the pppd program.",
+        min_length=1,
+        max_length=255,
+    )
+    up_timeout_s: float = Field(
+        90.0,
+        title="拨号超时 / Dial-up timeout",
+        description="Seconds to wait for the PPP interface to get an address before retrying.",
+        ge=5,
+        le=600,
+    )
 
 
 class Config(LinkConfigBase):
@@ -72,6 +101,13 @@ class Config(LinkConfigBase):
         title="终端状态探测 / Terminal status probe",
         description="How to ask the satellite terminal whether it is in the network; "
         "empty: trust TCP alone.",
+    )
+
+    dial: PppDial | None = Field(
+        None,
+        title="拨号上网 / Dial-up",
+        description="Bring the path up with pppd first (Tiantong data over the serial port); "
+        "empty: the path is always there (Ethernet, Wi-Fi, a router terminal).",
     )
 
     @field_validator("url")
@@ -137,6 +173,11 @@ class IpLink(Link):
         if config.status is not None:
             self.monitor = TerminalMonitor.from_config(config.status, name=config.name)
             self.monitor.on_change = self._terminal_changed
+        self.ppp: PppSession | None = None
+        if config.dial is not None:
+            self.ppp = PppSession(
+                config.dial.peer, pppd=config.dial.pppd, on_state=self._ppp_changed
+            )
 
     @property
     def terminal(self) -> TerminalStatus | None:
@@ -144,18 +185,25 @@ class IpLink(Link):
         return None if self.monitor is None else self.monitor.status
 
     def device_state(self) -> DeviceState | None:
-        return None if self.monitor is None else self.monitor.state()
+        if self.monitor is not None:
+            return self.monitor.state()
+        if self.ppp is not None:
+            return _ppp_state(self.name, self.ppp)
+        return None
 
     async def run(self) -> None:
-        # The terminal is watched for the link's whole life, across reconnections.
-        if self.monitor is None:
+        # The terminal is watched, and pppd kept, for the link's whole life.
+        async with contextlib.AsyncExitStack() as stack:
+            if self.monitor is not None:
+                await self.monitor.start()
+                stack.push_async_callback(self.monitor.close)
+            if self.ppp is not None:
+                stack.push_async_callback(self.ppp.close)
             await super().run()
-            return
-        await self.monitor.start()
-        try:
-            await super().run()
-        finally:
-            await self.monitor.close()
+
+    def _ppp_changed(self, up: bool) -> None:
+        if not up:
+            self._fail("PPP connection down")
 
     def _terminal_changed(self, online: bool) -> None:
         if not online:
@@ -167,7 +215,18 @@ class IpLink(Link):
         import aiohttp
 
         self._failed.clear()
+        connector = None
+        if self.ppp is not None:
+            # pppd redials by itself (persist); it is started again only if it ended.
+            await self.ppp.start()
+            assert self.config.dial is not None
+            if not await self.ppp.wait_up(self.config.dial.up_timeout_s):
+                zh, en = self.ppp.exit_reason or ("拨号未成功", "no PPP address yet")
+                raise LinkDown(f"{self.name} 拨号失败：{zh}", f"{self.name}: dial-up failed: {en}")
+            # Requests leave from the PPP address, whatever the default route is.
+            connector = aiohttp.TCPConnector(local_addr=(self.ppp.local_ip or "0.0.0.0", 0))
         self._session = aiohttp.ClientSession(
+            connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=self.config.timeout, sock_read=self.config.timeout
             ),
@@ -325,6 +384,19 @@ class IpLink(Link):
                 f"上传分块失败：HTTP {status}", f"chunk upload failed: HTTP {status} {body[:200]!r}"
             )
         return int(hdrs["Upload-Offset"])
+
+
+def _ppp_state(name: str, ppp: PppSession) -> DeviceState:
+    detail: dict[str, str | int | float | bool | None] = {
+        "interface": ppp.interface,
+        "local_ip": ppp.local_ip,
+        "exit_code": ppp.returncode,
+    }
+    if ppp.up:
+        zh = en = f"PPP {ppp.interface or ''} {ppp.local_ip or ''}".strip()
+        return DeviceState(f"{name}-ppp", "ppp", True, f"已拨通 {zh}", f"up: {en}", detail)
+    zh, en = ppp.exit_reason or (("正在拨号", "dialling") if ppp.running else ("未拨号", "idle"))
+    return DeviceState(f"{name}-ppp", "ppp", False, zh, en, detail)
 
 
 def make(config: Config) -> IpLink:
