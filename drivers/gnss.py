@@ -373,7 +373,7 @@ class GnssReceiver:
             "clock_ok": self.clock_ok,
             "clock_steps": self.clock_steps,
             "clock_step_error": self._step_error,
-            "source": self.backend.path,
+            "source": None if self._source is None else self.backend.path,
             "reconnects": self.reconnects,
             "dropped": sum(self.dropped.values()),
         }

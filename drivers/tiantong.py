@@ -362,8 +362,9 @@ class TiantongModem:
     async def refresh(self) -> None:
         """Ask for registration and signal now (the status page's "refresh", or a test)."""
         channel = self._channel
-        if channel is None or not channel.online:
-            raise self._offline("串口设备未连接", f"device not connected ({self.backend.path})")
+        why = self._not_connected()
+        if why is not None or channel is None:
+            raise why or self._offline("驱动未启动", "driver not started")
         await self._poll(channel)
 
     # --- sending ---------------------------------------------------------------------
@@ -477,10 +478,18 @@ class TiantongModem:
             )
         return channel
 
-    def _not_ready(self) -> ModemOffline | None:
-        channel = self._channel
-        if channel is None or not channel.online:
+    def _not_connected(self) -> ModemOffline | None:
+        # Before start() a simulated backend has no device path yet: say so, do not ask it.
+        if self._channel is None:
+            return self._offline("驱动未启动", "driver not started")
+        if not self._channel.online:
             return self._offline("串口设备未连接", f"device not connected ({self.backend.path})")
+        return None
+
+    def _not_ready(self) -> ModemOffline | None:
+        why = self._not_connected()
+        if why is not None:
+            return why
         if self._sim is SimStatus.ABSENT:
             return self._offline("未检测到 SIM 卡", "no SIM card")
         if self._sim is SimStatus.LOCKED:

@@ -18,11 +18,17 @@ import zmq.asyncio
 from conftest import start_edge, stop
 
 from config.loader import parse
-from drivers.power import Level
+from drivers.beidou import BeidouTerminal
+from drivers.gnss import GnssReceiver
+from drivers.gpio import GpioConfig, GpioPanel
+from drivers.power import Battery, Level, PowerConfig
 from drivers.process import Drivers
+from drivers.tiantong import TiantongModem
 from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
+from mesh.config import MeshConfig
+from mesh.radio import MeshRadio
 from uplink.compact import pack_items
 from uplink.frames import MTU_BEIDOU, fragment
 
@@ -191,3 +197,24 @@ def test_kit_run_with_simulated_devices_shows_every_device_in_kit_status(tmp_pat
             run.kill()
             run.wait()
             raise
+
+
+def test_every_device_reports_its_state_before_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Owners publish states from the first second: a device not yet started says so.
+    monkeypatch.setenv("KIT_BACKEND", "sim")
+
+    async def nothing() -> None:
+        return None
+
+    devices = [
+        BeidouTerminal(),
+        TiantongModem(),
+        GnssReceiver(),
+        Battery(PowerConfig()),
+        GpioPanel(GpioConfig(button_pin=17), on_sos=nothing),
+        MeshRadio(MeshConfig(enabled=True)),
+    ]
+    for device in devices:
+        state = device.state()
+        assert state.name == device.name and not state.online, state
+        assert state.summary_zh and state.summary_en
