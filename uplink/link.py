@@ -166,6 +166,7 @@ class Link(ABC):
 
     async def run(self) -> None:
         delay = self.reconnect_delay
+        last_reason = ""
         while True:
             up_at: float | None = None
             try:
@@ -190,7 +191,10 @@ class Link(ABC):
                     delay = self.reconnect_delay
             self._set_online(False)
             await self.disconnect()
-            log.warning("link %s down (%s); reconnecting in %.1f s", self.name, reason, delay)
+            # The same failure again (a long outage) is news only once: the log is in RAM.
+            level = logging.INFO if reason == last_reason else logging.WARNING
+            last_reason = reason
+            log.log(level, "link %s down (%s); reconnecting in %.1f s", self.name, reason, delay)
             await asyncio.sleep(delay)
             delay = min(self.max_reconnect_delay, delay * 2)
 
