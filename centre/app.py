@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from centre import ingest, tus
+from centre import ingest, orders, tus
 from centre.config import CentreConfig, build_config, load_config
 from centre.errors import BadCentreConfig, Refused, UnknownKit
 from centre.frames import FrameGateway, pack_relay, unpack_relay
@@ -153,6 +153,7 @@ def make_app(config: CentreConfig) -> web.Application:
     app.cleanup_ctx.append(_gateways)
     app.on_response_prepare.append(_tus_resumable)
     ingest.add_routes(app)
+    orders.add_routes(app)
     tus.add_routes(app)
     app.router.add_post("/v1/frames", post_frames)
     return app

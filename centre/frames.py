@@ -55,6 +55,7 @@ from uplink.frames import (
     decode_frame,
     fragment,
     pack_missing,
+    pack_order,
     put_varint,
     unpack_missing,
 )
@@ -302,7 +303,16 @@ class FrameGateway:
             len(result.waiting),
             len(result.rejected),
         )
-        return await self.ack(kit_id, [e.seq for e in entries])
+        return await self.ack(kit_id, [e.seq for e in entries]) + await self.orders(kit_id)
+
+    async def orders(self, kit_id: int) -> list[bytes]:
+        """ORDER messages for the kit's orders due: one per answer (a narrow link is slow),
+        offered again every ``missing_after_s`` until the kit's receipt arrives."""
+        due = await self.store.orders_to_send(kit_id, resend_after_s=self.missing_after_s, limit=1)
+        out: list[bytes] = []
+        for order in due:
+            out += await self._send(kit_id, FrameType.ORDER, pack_order(order))
+        return out
 
     async def ack(self, kit_id: int, received: Iterable[int] = ()) -> list[bytes]:
         """An ACK message for ``kit_id`` (its frames), or [] when nothing is acknowledged yet."""

@@ -115,9 +115,22 @@ async def _read_body(request: web.Request) -> bytes:
         ) from None
 
 
-def _answer(acks: list[tuple[int, int]], rejected: list[tuple[int, str]]) -> web.Response:
+ORDER_RESEND_S = 30.0  # an order without a receipt rides along again after this long
+
+
+async def _answer(
+    request: web.Request, kit_id: int, rejected: list[tuple[int, str]]
+) -> web.Response:
+    """Acknowledged ranges, refusals, and the kit's orders due (re-sent until a receipt)."""
+    store = request.app[STORE]
+    acks = await store.acked_ranges(kit_id)
+    orders = await store.orders_to_send(kit_id, resend_after_s=ORDER_RESEND_S)
     body = cbor2.dumps(
-        {"acks": [[lo, hi] for lo, hi in acks], "rejected": [[s, r] for s, r in rejected]}
+        {
+            "acks": [[lo, hi] for lo, hi in acks],
+            "rejected": [[s, r] for s, r in rejected],
+            "orders": [[o.order_id, o.target, o.text] for o in orders],
+        }
     )
     return web.Response(body=body, content_type=CBOR_TYPE)
 
@@ -142,14 +155,14 @@ async def post_items(request: web.Request) -> web.Response:
         len(result.waiting),
         len(rejected),
     )
-    return _answer(await store.acked_ranges(kit_id), rejected)
+    return await _answer(request, kit_id, rejected)
 
 
 async def get_acks(request: web.Request) -> web.Response:
     kit_id = kit_id_of(request)
     store = request.app[STORE]
     await store.require_kit(kit_id)
-    return _answer(await store.acked_ranges(kit_id), [])
+    return await _answer(request, kit_id, [])
 
 
 def add_routes(app: web.Application) -> None:

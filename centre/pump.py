@@ -2,8 +2,9 @@
 
 :func:`answer` takes frames from a queue, hands each to :meth:`FrameGateway.handle`,
 remembers where each kit was last heard and sends the answers back there; :func:`ask`
-sends each stalled message's MISSING request to where its kit was last heard. ``A`` is
-the transport's address: ``(host, port)``, a Beidou card number, a phone number.
+sends each stalled message's MISSING request, and each order due, to where its kit was
+last heard. ``A`` is the transport's address: ``(host, port)``, a Beidou card number, a
+phone number.
 """
 
 from __future__ import annotations
@@ -46,13 +47,16 @@ async def answer(
 
 
 async def ask(gateway: FrameGateway, kits: dict[int, A], poll_s: float, send: Send[A]) -> None:
-    """Every ``poll_s``, ask the kits heard from for the fragments still missing."""
+    """Every ``poll_s``, ask the kits heard from for the fragments still missing, and offer
+    them the orders due (an idle kit sends nothing an order could answer)."""
     while True:
         await asyncio.sleep(poll_s)
         try:
             requests = await gateway.missing(kits.keys())
+            for kit_id in list(kits):
+                requests += await gateway.orders(kit_id)
         except Exception:
-            log.exception("%s: MISSING requests failed", gateway.name)
+            log.exception("%s: MISSING requests or orders failed", gateway.name)
             continue
         for frame in requests:
             send(kits[decode_frame(frame).kit_id], [frame])

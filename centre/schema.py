@@ -1,4 +1,5 @@
-"""The centre's SQLite schema: kits, items, acknowledged ranges, media files, tus uploads."""
+"""The centre's SQLite schema: kits, items, acknowledged ranges, media files, tus uploads,
+orders."""
 
 from __future__ import annotations
 
@@ -65,4 +66,17 @@ CREATE TABLE IF NOT EXISTS uploads(
     created_ms INTEGER NOT NULL,
     done INTEGER NOT NULL DEFAULT 0
 );
+-- Orders to a kit (or through it to a team member), sent until the kit's receipt arrives.
+CREATE TABLE IF NOT EXISTS orders(
+    order_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kit_id INTEGER NOT NULL REFERENCES kits(kit_id),
+    target TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0,
+    last_sent_ms INTEGER,
+    receipt_ms INTEGER,
+    receipt_link TEXT
+);
+CREATE INDEX IF NOT EXISTS orders_pending ON orders(kit_id) WHERE receipt_ms IS NULL;
 """

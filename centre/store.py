@@ -29,8 +29,9 @@ import aiosqlite
 from centre.acks import add_acked
 from centre.errors import UnknownKit
 from centre.schema import DDL, SCHEMA_VERSION
-from edge.item import Item, MediaRef, decode, encode
+from edge.item import Item, Kind, MediaRef, decode, encode
 from uplink.compact import narrow_key, pack_item
+from uplink.frames import Order
 
 MAX_MSG_SEQ = 2**32 - 1  # narrow-link message sequences are uint32
 INLINE_UPLOAD_ID = "inline"  # media_files.upload_id of a file that came inside an item
@@ -251,6 +252,9 @@ class Store:
                 else:
                     waiting.append(seq)
             await db.executemany(_INSERT_ITEM, rows)
+            await _take_receipts(
+                db, kit_id, [(seq, item) for seq, item, _ in bodies if seq in stored], link
+            )
             await db.executemany(
                 "UPDATE items SET copies = copies + 1 WHERE kit_id = ? AND seq = ?",
                 [(kit_id, seq) for seq in duplicates],
@@ -265,6 +269,64 @@ class Store:
                     dropped.append(path)  # written for nothing: the item has its file already
         self._unlink(dropped)
         return Ingested(tuple(stored), tuple(duplicates), tuple(waiting), tuple(rejected))
+
+    # -- orders -------------------------------------------------------------------------
+
+    async def add_order(self, kit_id: int, target: str, text: str) -> Order:
+        """Queue an order for ``kit_id``; :class:`BadFrame` if it could not travel,
+        :class:`UnknownKit` for a kit that is not enrolled and enabled."""
+        Order(1, target, text)  # the same limits as on the wire, checked before storing
+        async with self.transaction() as db:
+            await _require_kit(db, kit_id)
+            cur = await db.execute(
+                "INSERT INTO orders(kit_id, target, text, created_ms) VALUES (?, ?, ?, ?)",
+                (kit_id, target, text, now_ms()),
+            )
+            order_id = cur.lastrowid
+        assert order_id is not None
+        log.info("order %d for kit %d (%s): %s", order_id, kit_id, target or "kit", text)
+        return Order(order_id, target, text)
+
+    async def orders_to_send(
+        self, kit_id: int, *, resend_after_s: float, limit: int = 8
+    ) -> list[Order]:
+        """Orders of ``kit_id`` without a receipt, not sent in the last ``resend_after_s``
+        (oldest first); each is counted as sent now."""
+        now = now_ms()
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT order_id, target, text FROM orders WHERE kit_id = ? AND receipt_ms IS NULL"
+                " AND (last_sent_ms IS NULL OR last_sent_ms <= ?) ORDER BY order_id LIMIT ?",
+                (kit_id, now - int(resend_after_s * 1000), limit),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            await db.executemany(
+                "UPDATE orders SET sent = sent + 1, last_sent_ms = ? WHERE order_id = ?",
+                [(now, row[0]) for row in rows],
+            )
+        return [Order(int(i), str(target), str(text)) for i, target, text in rows]
+
+    async def orders(self, kit_id: int) -> list[dict[str, object]]:
+        """Every order of ``kit_id`` with its delivery state, newest first."""
+        async with (
+            self.reading() as db,
+            db.execute(
+                "SELECT order_id, target, text, created_ms, sent, last_sent_ms, receipt_ms,"
+                " receipt_link FROM orders WHERE kit_id = ? ORDER BY order_id DESC",
+                (kit_id,),
+            ) as cur,
+        ):
+            rows = await cur.fetchall()
+        keys = ("order_id", "target", "text", "created_ms", "sent", "last_sent_ms")
+        return [
+            {
+                **dict(zip(keys, row[:6], strict=True)),
+                "state": "delivered" if row[6] is not None else ("sent" if row[4] else "queued"),
+                "receipt_ms": row[6],
+                "receipt_link": row[7],
+            }
+            for row in rows
+        ]
 
     async def _write_inline(
         self, kit_id: int, entries: Sequence[tuple[int, Item]], blobs: Mapping[int, bytes]
@@ -437,6 +499,22 @@ def _fidelity(item: Item) -> tuple[bool, bool]:
     """How much of the kit's item a copy keeps: IP copies keep all, narrow ones round."""
     whole_sha = item.media is None or _narrow_prefix(item.media) is None
     return (narrow_key(item.uid) is None, whole_sha)
+
+
+async def _take_receipts(
+    db: aiosqlite.Connection, kit_id: int, items: Sequence[tuple[int, Item]], link: str
+) -> None:
+    """A kit's receipt item closes the order it names (the first receipt counts); the
+    link recorded is the one the order reached the kit by, as the receipt says."""
+    for _, item in items:
+        order_id = item.data.get("order_id") if item.kind is Kind.RECEIPT else None
+        if isinstance(order_id, int) and not isinstance(order_id, bool):
+            via = item.data.get("link")
+            await db.execute(
+                "UPDATE orders SET receipt_ms = ?, receipt_link = ?"
+                " WHERE order_id = ? AND kit_id = ? AND receipt_ms IS NULL",
+                (item.created_ms, via if isinstance(via, str) else link, order_id, kit_id),
+            )
 
 
 def _same_item(seq: int, a: Item, b: Item) -> bool:

@@ -181,6 +181,12 @@ def _reports_table(s: dict[str, Any]) -> list[str]:
         left = "" if hours is None else f"  约 {hours:.1f} 小时 / about {hours:.1f} h left"
         volts = "" if battery["volts"] is None else f"  {battery['volts']:.2f} V"
         lines.append(f"电量 / battery    {battery['percent']:.0f} %{volts}  {mains}{left}")
+    orders = s.get("orders") or []
+    if orders:
+        lines.append("指令 / orders")
+        for o in orders[:5]:
+            target = o["target"] or "本机 / kit"
+            lines.append(f"    #{o['order_id']:<6} → {target:<12} {o['text']}  ({o['link']})")
     fix = s.get("position")
     if fix:
         lines.append(

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,9 @@ def lock_store(data_dir: Path) -> int:
     return fd
 
 
+RECENT_ORDERS = 20  # the centre's latest orders, as `kit status` shows them
+
+
 class EdgeDaemon:
     """Owns the store, serves RPC, runs the bus proxy and commits accepts in groups."""
 
@@ -76,6 +80,7 @@ class EdgeDaemon:
         self.links: dict[str, tuple[float, topics.LinkState]] = {}
         self.battery: tuple[float, topics.BatteryLevel] | None = None
         self.fix: tuple[float, topics.PositionFix] | None = None
+        self.orders: deque[topics.OrderReceived] = deque(maxlen=RECENT_ORDERS)
 
     async def watch_states(self, sub: bus.Subscriber) -> None:
         """Keep the latest device, link, battery and position reports for ``status``."""
@@ -90,6 +95,8 @@ class EdgeDaemon:
                 self.battery = (now, message)
             elif topic is topics.POSITION_FIX:
                 self.fix = (now, message)
+            elif topic is topics.ORDER_RECEIVED:
+                self.orders.append(message)
 
     # -- group commit ----------------------------------------------------------------------
 
@@ -329,6 +336,7 @@ class EdgeDaemon:
             },
             "battery": None if self.battery is None else aged(*_fields(self.battery)),
             "position": None if self.fix is None else aged(*_fields(self.fix)),
+            "orders": [dataclasses.asdict(o) for o in reversed(self.orders)],
         }
 
 
@@ -407,6 +415,7 @@ async def serve(
             topics.LINK_STATE,
             topics.BATTERY_LEVEL,
             topics.POSITION_FIX,
+            topics.ORDER_RECEIVED,
         )
         tasks.append(asyncio.create_task(daemon.watch_states(states)))
         if loaded.safe_mode:

@@ -93,6 +93,17 @@ class PowerModeChanged:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class OrderReceived:
+    """An order from the centre reached the kit (once per order, whatever the link)."""
+
+    order_id: int
+    target: str  # "": the kit; "^all": the team channel; "!a1b2c3d4": one member
+    text: str
+    link: str
+    received_ms: int
+
+
 ITEM_ACCEPTED = Topic("item.accepted", ItemAccepted)
 ITEMS_DELIVERED = Topic("item.delivered", ItemsDelivered)
 LINK_STATE = Topic("link.state", LinkState)
@@ -101,6 +112,7 @@ BATTERY_LEVEL = Topic("power.battery", BatteryLevel)
 SAFE_MODE = Topic("kit.safe_mode", SafeMode)
 DEVICE_STATE = Topic("device.state", DeviceState)
 POWER_MODE = Topic("power.mode", PowerModeChanged)
+ORDER_RECEIVED = Topic("order.received", OrderReceived)
 
 ALL: tuple[Topic[object], ...] = (
     ITEM_ACCEPTED,
@@ -111,5 +123,6 @@ ALL: tuple[Topic[object], ...] = (
     SAFE_MODE,
     DEVICE_STATE,
     POWER_MODE,
+    ORDER_RECEIVED,
 )  # type: ignore[assignment]
 BY_NAME: dict[str, Topic[object]] = {t.name: t for t in ALL}

@@ -17,6 +17,7 @@ from edge.item import Priority
 from edge.service import run_service
 from uplink import registry
 from uplink.link import Link
+from uplink.orders import OrderDesk
 from uplink.runner import Uplink
 
 log = logging.getLogger("uplink")
@@ -111,6 +112,17 @@ async def _report_states(config: KitConfig, uplink: Uplink) -> None:
         publisher.close()
 
 
+async def _take_orders(config: KitConfig, uplink: Uplink, edge: AsyncEdgeClient) -> None:
+    publisher = bus.Publisher(zmq.asyncio.Context.instance(), config.endpoint(bus.PUB_SOCKET))
+    desk = OrderDesk(config.kit.id, edge, publisher, uplink.state_dir)
+    uplink.on_order = desk.take
+    try:
+        await desk.run()
+    finally:
+        uplink.on_order = None
+        publisher.close()
+
+
 async def serve(config: KitConfig, stop: asyncio.Event) -> None:
     if config.kit.id == 0:
         log.error("套件未配置编号，不发送 / kit id not configured: sending nothing until it is")
@@ -126,6 +138,7 @@ async def serve(config: KitConfig, stop: asyncio.Event) -> None:
         asyncio.create_task(_wake_on_new_items(config, uplink)),
         asyncio.create_task(_report_states(config, uplink)),
         asyncio.create_task(_follow_power(config, uplink)),
+        asyncio.create_task(_take_orders(config, uplink, edge)),
     ]
     stopper = asyncio.create_task(stop.wait())
     try:

@@ -64,6 +64,7 @@ class Uplink:
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_link_state: Callable[[Link], None] | None = None  # a link went up or down
         self.paused: frozenset[Priority] = frozenset()  # classes held back (power saving)
+        self.on_order: Callable[[frames.Order, str], None] | None = None  # (order, link name)
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -83,6 +84,7 @@ class Uplink:
             if isinstance(link, IpLink):
                 link.kit_id = self.kit_id
                 link.on_acks = self._acks.put_nowait
+                link.on_orders = lambda orders, name=link.name: self._orders(orders, name)
             if isinstance(link, FrameLink):
                 link.on_frame = lambda frame, link=link: self._inbound(link, frame)
             tasks.append(asyncio.create_task(link.run(), name=f"link-{link.name}"))
@@ -141,6 +143,8 @@ class Uplink:
                 self._acks.put_nowait(
                     [(r.start, r.stop - 1) for r in frames.unpack_ack(message.payload)]
                 )
+            elif message.type is frames.FrameType.ORDER:
+                self._orders([frames.unpack_order(message.payload)], link.name)
             elif message.type is frames.FrameType.MISSING:
                 missing = frames.unpack_missing(message.payload)
                 cached = self.sent.get(missing.msg_seq)
@@ -154,6 +158,16 @@ class Uplink:
                 )
         except frames.BadFrame as exc:
             log.info("ignored a message on %s: %s", link.name, exc)
+
+    def _orders(self, orders: list[frames.Order], link: str) -> None:
+        for order in orders:
+            if self.on_order is None:
+                log.warning("order %d over %s: nobody takes orders", order.order_id, link)
+                continue
+            try:
+                self.on_order(order, link)
+            except Exception:  # the next order (and the acks) must still be handled
+                log.exception("order %d over %s not handled", order.order_id, link)
 
     async def _resend(self, link: FrameLink, fragments: list[bytes]) -> None:
         """A lost fragment is re-sent alone (byte-identical, so its nonce is unchanged)."""

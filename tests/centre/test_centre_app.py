@@ -86,7 +86,7 @@ def test_centre_command_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
         port = re.search(r"listening on \[\('127\.0\.0\.1', (\d+)\)\]", line)
         assert port, line
         resp = requests.get(f"http://127.0.0.1:{port[1]}/v1/acks", headers={"Kit-Id": "7"})
-        assert cbor2.loads(resp.content) == {"acks": [], "rejected": []}
+        assert cbor2.loads(resp.content) == {"acks": [], "rejected": [], "orders": []}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         assert "centre stopping" in proc.stderr.read()

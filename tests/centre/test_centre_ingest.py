@@ -22,6 +22,7 @@ def test_item_stored_once_however_many_copies_arrive(centre: RunningCentre) -> N
         assert answer(centre.post_items(7, batch([(1, item)]))) == {
             "acks": [[1, 1]],
             "rejected": [],
+            "orders": [],
         }
     stored = centre.call(centre.store.item(7, 1))
     assert stored is not None
@@ -40,7 +41,7 @@ def test_copies_over_two_links_at_once_are_stored_once(centre: RunningCentre) ->
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(send, ["vsat", "cellular"] * 6))
-    assert answers[-1] == {"acks": [[1, 40]], "rejected": []}
+    assert answers[-1] == {"acks": [[1, 40]], "rejected": [], "orders": []}
     rows = dump(centre.config)["items"]
     assert len(rows) == 40
     for seq, item in items:
@@ -66,7 +67,7 @@ def test_media_record_without_its_file_is_stored_but_not_acknowledged(
     got = answer(
         centre.post_items(7, batch([(1, report()), (2, photo(b"jpeg")), (3, report("x"))]))
     )
-    assert got == {"acks": [[1, 1], [3, 3]], "rejected": []}
+    assert got == {"acks": [[1, 1], [3, 3]], "rejected": [], "orders": []}
     stored = centre.call(centre.store.item(7, 2))
     assert stored is not None and not stored.complete
 

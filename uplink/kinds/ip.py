@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import cbor2
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from drivers.ppp import PppSession
 from drivers.vsat import ProbeConfig, TerminalMonitor, TerminalStatus
 from edge.topics import DeviceState
+from uplink.frames import Order
 from uplink.link import Link, LinkDown, LinkRefused
 from uplink.registry import LinkConfigBase
 
@@ -168,6 +170,7 @@ class IpLink(Link):
         self._failed = asyncio.Event()
         self._failure = ""
         self.on_acks: Any = None  # Callable[[list[tuple[int, int]]], None]
+        self.on_orders: Callable[[list[Order]], None] | None = None
         self._meter = Throughput()
         self.monitor: TerminalMonitor | None = None
         if config.status is not None:
@@ -297,14 +300,26 @@ class IpLink(Link):
         self._deliver_acks(body)
 
     def _deliver_acks(self, body: bytes) -> None:
+        """Acknowledgements to ``on_acks``, orders to ``on_orders`` (each checked as on a
+        narrow link: a malformed one is dropped, the rest still count)."""
         try:
             answer = cbor2.loads(body)
             ranges = [(int(lo), int(hi)) for lo, hi in answer.get("acks", [])]
+            raw_orders = list(answer.get("orders", []))
         except Exception:
             self.stats.errors += 1
             return
         if self.on_acks is not None and ranges:
             self.on_acks(ranges)
+        orders = []
+        for raw in raw_orders:
+            try:
+                order_id, target, text = raw
+                orders.append(Order(order_id, target, text))
+            except (TypeError, ValueError):  # BadFrame is a ValueError
+                self.stats.errors += 1
+        if self.on_orders is not None and orders:
+            self.on_orders(orders)
 
     # -- items ------------------------------------------------------------------------------
 

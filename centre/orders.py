@@ -1,0 +1,55 @@
+"""Orders from the command centre to a kit, or through it to a team member on the mesh.
+
+``POST /v1/orders`` with JSON ``{"kit_id": 7, "target": "!a1b2c3d4", "text": "…"}``
+queues one (``target``: empty for the kit itself, ``^all`` for the whole team channel, a
+node id for one member); the answer is ``201 {"order_id": n}``. ``GET
+/v1/orders?kit_id=7`` lists the kit's orders, newest first, each ``queued``, ``sent``
+(offered to the kit at least once) or ``delivered`` (the kit's receipt item came back,
+with when and over which link). Orders ride along with the answers the kit gets over
+any link — IP answers and narrow-link ACKs — until the receipt arrives.
+
+Who may send orders is the security issue's (operator login at the dashboard); until it
+lands this API must only be reachable from the command centre's own network.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from centre.errors import Refused
+from centre.keys import STORE
+from uplink.frames import BadFrame
+
+
+async def post_order(request: web.Request) -> web.Response:
+    try:
+        body: Any = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "请求体不是 JSON", "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise Refused(400, "请求体应为 JSON 对象", "the body must be a JSON object")
+    kit_id, target, text = body.get("kit_id"), body.get("target", ""), body.get("text")
+    if not isinstance(kit_id, int) or isinstance(kit_id, bool) or not 1 <= kit_id <= 65535:
+        raise Refused(400, "kit_id 应为 1–65535 的整数", "kit_id must be an integer 1..65535")
+    if not isinstance(target, str) or not isinstance(text, str):
+        raise Refused(400, "target 和 text 应为字符串", "target and text must be strings")
+    try:
+        order = await request.app[STORE].add_order(kit_id, target, text)
+    except BadFrame as err:
+        raise Refused(400, err.zh, err.en) from None
+    return web.json_response({"order_id": order.order_id}, status=201)
+
+
+async def get_orders(request: web.Request) -> web.Response:
+    raw = request.query.get("kit_id", "")
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise Refused(400, "请用 ?kit_id=1–65535 指明设备", "name the kit: ?kit_id=1..65535")
+    return web.json_response({"orders": await request.app[STORE].orders(int(raw))})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/orders", post_order)
+    app.router.add_get("/v1/orders", get_orders, allow_head=False)
