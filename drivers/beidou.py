@@ -34,11 +34,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 from drivers.backend import SerialBackend, serial_backend
-from drivers.device import DeviceState
+from drivers.device import DeviceState, Lifecycle
 from drivers.sentence import Sentence, StreamParser
 from drivers.serialio import DEFAULT_BACKOFF, Backoff, PortOffline, SerialPort
 from edge.errors import KitError
@@ -270,7 +269,7 @@ def _simulator(protocol: Version) -> SerialBackend:
     return SimulatedTerminal(protocol)
 
 
-class BeidouTerminal:
+class BeidouTerminal(Lifecycle):
     """A Beidou short-message terminal on a serial line.
 
     ``backend`` is a device path, a :class:`~drivers.backend.SerialBackend` (such as the
@@ -421,15 +420,6 @@ class BeidouTerminal:
             await self._port.close()
         if self._owned:
             await self.backend.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     # --- sending ---------------------------------------------------------------------
 

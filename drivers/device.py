@@ -9,11 +9,31 @@ every few seconds; the edge daemon keeps the latest per device for ``kit status`
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
 from edge.topics import Detail, DeviceState
 
-__all__ = ["Detail", "Device", "DeviceState"]
+__all__ = ["Detail", "Device", "DeviceState", "Lifecycle"]
+
+
+class Lifecycle:
+    """Started and closed explicitly, or used as ``async with`` (drivers and simulators)."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
 
 
 @runtime_checkable

@@ -30,11 +30,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 from drivers.backend import SerialBackend, SerialDevice, choose
 from drivers.clock import clock_synchronised
+from drivers.device import Lifecycle
 from drivers.nmea import KNOT_MPS, BadNmea, Gga, Gsa, Gsv, Rmc, parse
 from drivers.sentence import StreamParser
 from drivers.serialio import DEFAULT_BACKOFF, Backoff, SerialPort
@@ -250,7 +250,7 @@ def _simulator() -> SerialBackend:
     return SimulatedReceiver()
 
 
-class GnssReceiver:
+class GnssReceiver(Lifecycle):
     """A GNSS receiver: current fix, fix loss, GNSS time and the system clock's offset.
 
     ``backend`` is a device path (read directly at ``baudrate``), a serial backend such as
@@ -418,15 +418,6 @@ class GnssReceiver:
             await self._source.close()
         if self._owned:
             await self.backend.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     # --- reading -----------------------------------------------------------------------------
 

@@ -33,8 +33,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 from drivers import smspdu
 from drivers.atmodem import (
@@ -46,7 +45,7 @@ from drivers.atmodem import (
     fields,
 )
 from drivers.backend import SerialBackend, serial_backend
-from drivers.device import DeviceState
+from drivers.device import DeviceState, Lifecycle
 from drivers.serialio import DEFAULT_BACKOFF, Backoff
 from drivers.smspdu import Alphabet, BadPdu, Segment
 from edge.errors import KitError
@@ -174,7 +173,7 @@ def _simulator() -> SerialBackend:
     return SimulatedModem()
 
 
-class TiantongModem:
+class TiantongModem(Lifecycle):
     """A Tiantong-1 terminal on a serial line: a :class:`~drivers.device.Device`.
 
     ``backend`` is a device path, a :class:`~drivers.backend.SerialBackend` (such as the
@@ -349,15 +348,6 @@ class TiantongModem:
             await self._channel.close()
         if self._owned:
             await self.backend.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     async def refresh(self) -> None:
         """Ask for registration and signal now (the status page's "refresh", or a test)."""

@@ -33,11 +33,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Annotated, Any, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drivers.device import Lifecycle
 from edge.errors import KitError
 from edge.topics import DeviceState
 
@@ -539,7 +539,7 @@ def make_probe(config: TelnetProbeConfig | HttpProbeConfig) -> StatusProbe:
 # --- the monitor -------------------------------------------------------------------------------
 
 
-class TerminalMonitor:
+class TerminalMonitor(Lifecycle):
     """Probes a terminal every ``interval_s`` and says whether its satellite path is up.
 
     Up on the first good answer; down after ``down_after`` bad ones in a row (a failed
@@ -604,15 +604,6 @@ class TerminalMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     def state(self) -> DeviceState:
         s = self.status

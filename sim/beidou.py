@@ -26,9 +26,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
+from drivers.device import Lifecycle
 from drivers.sentence import Sentence, StreamParser
 from sim.pty import PtyNode, write_paced
 
@@ -107,7 +107,7 @@ def _mmss(seconds: float) -> str:
     return f"{secs // 60:02d}{secs % 60:02d}"
 
 
-class SimulatedTerminal:
+class SimulatedTerminal(Lifecycle):
     """A Beidou terminal: its card, the service interval, the satellite hop, its faults.
 
     Wire-side controls: :meth:`receive` (a message comes down from the satellite),
@@ -176,15 +176,6 @@ class SimulatedTerminal:
             task.cancel()
         await asyncio.gather(*self._air, return_exceptions=True)
         await self.unplug()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     async def plug(self) -> None:
         """A fresh pty (a new device node), at ``link`` if given."""

@@ -28,9 +28,9 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol
 
+from drivers.device import Lifecycle
 from drivers.sentence import Sentence
 from sim.pty import PtyNode, write_paced
 
@@ -155,7 +155,7 @@ class Output:
     lon: float | None
 
 
-class SimulatedReceiver:
+class SimulatedReceiver(Lifecycle):
     """A GNSS receiver module on a pty. See the module docstring for its controls."""
 
     def __init__(
@@ -219,15 +219,6 @@ class SimulatedReceiver:
 
     async def close(self) -> None:
         await self.unplug()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     async def plug(self) -> None:
         """Power on with a fresh pty (a new device node), at ``link`` if given: a cold start."""

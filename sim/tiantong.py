@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from drivers import smspdu
+from drivers.device import Lifecycle
 from drivers.smspdu import Alphabet, BadPdu, Segment, Submit
 from sim.pty import PtyNode, write_paced
 
@@ -203,7 +204,7 @@ class _Settings:
 Handler = Callable[..., Awaitable[list[str]]]
 
 
-class SimulatedModem:
+class SimulatedModem(Lifecycle):
     """A Tiantong-1 terminal: its SIM, the satellite network, an SMS store, a data call, faults.
 
     Wire-side controls: :meth:`preload` (messages already in the store),
@@ -319,15 +320,6 @@ class SimulatedModem:
 
     async def close(self) -> None:
         await self.unplug()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     async def plug(self) -> None:
         """Power and a fresh pty (a new device node), at ``link`` if given; the module boots."""

@@ -18,10 +18,10 @@ import contextlib
 import enum
 import json
 import random
-from types import TracebackType
-from typing import Self
 
 from aiohttp import web
+
+from drivers.device import Lifecycle
 
 IAC, DONT, DO, WONT, WILL = 255, 254, 253, 252, 251
 ECHO, SGA, NAWS = 1, 3, 31
@@ -40,7 +40,7 @@ class Fault(enum.Enum):
     REFUSE = "refuse"  # nothing listens: connections are refused
 
 
-class SimulatedRemote:
+class SimulatedRemote(Lifecycle):
     """The remote's management side. ``telnet_port``/``http_port`` are fixed once started."""
 
     def __init__(
@@ -101,15 +101,6 @@ class SimulatedRemote:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     async def inject(self, fault: Fault) -> None:
         self.fault = fault
