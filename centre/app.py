@@ -18,13 +18,13 @@ from aiohttp import web
 from centre import ingest, orders, tus
 from centre.config import CentreConfig, build_config, load_config
 from centre.errors import BadCentreConfig, Refused, UnknownKit
-from centre.frames import FrameGateway, pack_relay, unpack_relay
+from centre.frames import FrameGateway
 from centre.keys import CONFIG, STORE, UPLOADS
 from centre.msggw import Terminal, beidou_gateway, sms_gateway
 from centre.store import Store
 from centre.udpgw import UdpServer, serve_udp
 from centre.uploads import Uploads
-from uplink.frames import BadFrame, decode_frame
+from uplink.frames import BadFrame, decode_frame, pack_relay, unpack_relay
 
 log = logging.getLogger(__name__)
 

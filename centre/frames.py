@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -65,7 +64,6 @@ log = logging.getLogger(__name__)
 SEQ_BLOCK = 256  # downlink message sequences reserved per store write
 SENT_CACHE = 256  # downlink messages kept to answer a kit's MISSING request
 DEFAULT_MISSING_AFTER_S = 120.0  # 2 × a Beidou civil card's 60 s between messages
-_LEN = struct.Struct(">H")
 
 Range = tuple[int, int]  # inclusive, as Store.acked_ranges gives them
 
@@ -140,37 +138,6 @@ def choose_ranges(
 
 
 # --- relay framing -----------------------------------------------------------------------
-
-
-def pack_relay(frames: Iterable[bytes]) -> bytes:
-    """Frames for ``POST /v1/frames``: each prefixed by a 2-byte big-endian length."""
-    out = bytearray()
-    for frame in frames:
-        if not 0 < len(frame) <= MAX_FRAME_BYTES:
-            raise BadFrame(
-                f"中继帧长度无效：{len(frame)} 字节", f"invalid relayed frame length: {len(frame)}"
-            )
-        out += _LEN.pack(len(frame)) + frame
-    return bytes(out)
-
-
-def unpack_relay(body: bytes) -> list[bytes]:
-    """The frames of a relay body; a zero length or a cut-off frame raises :class:`BadFrame`."""
-    frames: list[bytes] = []
-    pos = 0
-    while pos < len(body):
-        if pos + 2 > len(body):
-            raise BadFrame("中继数据在长度字段处被截断", "relay body cut off inside a length")
-        (n,) = _LEN.unpack_from(body, pos)
-        pos += 2
-        if n == 0 or pos + n > len(body):
-            raise BadFrame(
-                f"第 {len(frames) + 1} 个中继帧长度无效或被截断（{n} 字节）",
-                f"relayed frame {len(frames) + 1} has length {n}: zero or cut off",
-            )
-        frames.append(body[pos : pos + n])
-        pos += n
-    return frames
 
 
 # --- the gateway -------------------------------------------------------------------------

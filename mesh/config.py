@@ -90,6 +90,37 @@ class MeshConfig(BaseModel):
         ge=1,
         le=10_000,
     )
+    frame_port: int = Field(
+        0,
+        title="中继帧端口 / Relay frame port",
+        description="UDP port on 127.0.0.1 where the uplink's meshrelay link reaches this "
+        "radio (its frame_port); 0: no meshrelay link on this kit.",
+        ge=0,
+        le=65535,
+    )
+    relay_url: str | None = Field(
+        None,
+        title="中继至指挥中心 / Relay to the centre",
+        description="Base URL of the centre (e.g. https://centre.example:8440): frames other "
+        "kits send this kit over LoRa are posted to its /v1/frames. Empty: relay nothing.",
+        pattern=r"^https?://",
+        max_length=2048,
+    )
+    relay_gateway: str = Field(
+        "mesh",
+        title="中继网关名 / Relay gateway",
+        description="The centre's frame gateway (kind relay) named in the Kit-Link header.",
+        min_length=1,
+        max_length=32,
+    )
+    relay_queue: int = Field(
+        64,
+        title="中继队列 / Relay queue",
+        description="Frames held each way while the centre or the radio is away; on overflow "
+        "the oldest is dropped and logged.",
+        ge=4,
+        le=10_000,
+    )
 
     @model_validator(mode="after")
     def _backoff_in_order(self) -> MeshConfig:

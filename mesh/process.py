@@ -25,7 +25,8 @@ from edge.errors import BadItem
 from edge.item import Item, Kind
 from edge.service import run_service
 from mesh.config import MeshConfig
-from mesh.radio import Event, MeshRadio, PositionReceived, TextReceived
+from mesh.radio import DataReceived, Event, MeshRadio, PositionReceived, TextReceived
+from mesh.relay import CentreRelay, FramePort, MeshFrames
 from mesh.reports import position_item, text_item
 
 log = logging.getLogger("mesh")
@@ -90,6 +91,7 @@ class MeshService:
         self.radio.on_event = self.on_event
         self.radio.on_change = self._note_change
         self.queue = Handover(mesh.queue_size)
+        self.frames = relay_frames(mesh, self.radio)
         self.accepted = 0
         self._changed = asyncio.Event()
 
@@ -99,7 +101,9 @@ class MeshService:
     def on_event(self, event: Event) -> None:
         """A member's text or position becomes an item in the hand-over queue."""
         item: Item | None = None
-        if isinstance(event, TextReceived):
+        if isinstance(event, DataReceived):
+            self.frames.heard(event)
+        elif isinstance(event, TextReceived):
             try:
                 item = text_item(event.text, event.sender, self.radio.roster)
             except Exception:  # text_item is total: this is a bug, and the text must be seen
@@ -166,7 +170,11 @@ class MeshService:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.radio.start()
-        tasks = [asyncio.create_task(self.deliver()), asyncio.create_task(self.report())]
+        tasks = [
+            asyncio.create_task(self.deliver()),
+            asyncio.create_task(self.report()),
+            asyncio.create_task(self.frames.run()),
+        ]
         try:
             await stop.wait()
         finally:
@@ -176,6 +184,15 @@ class MeshService:
             await self.radio.close()
             if len(self.queue):
                 log.error("%d mesh items not handed over at exit", len(self.queue))
+
+
+def relay_frames(mesh: MeshConfig, radio: MeshRadio) -> MeshFrames:
+    """The frame port for this kit's meshrelay link and the relay for other kits, as configured."""
+    port = FramePort(radio, mesh.frame_port) if mesh.frame_port else None
+    relay = None
+    if mesh.relay_url:
+        relay = CentreRelay(radio, mesh.relay_url, mesh.relay_gateway, queue_size=mesh.relay_queue)
+    return MeshFrames(port, relay)
 
 
 async def serve(

@@ -42,6 +42,7 @@ MAX_PAYLOAD = 233  # bytes in one Meshtastic packet (the library refuses more)
 READER_EXIT_S = 0.5  # a reader that lost its port ends within this; one that reads on, rebooted
 _NODE_ID = re.compile(r"![0-9a-f]{8}\Z")
 TEXT_APP, POSITION_APP, NODEINFO_APP, ROUTING_APP, TELEMETRY_APP = 1, 3, 4, 5, 67
+PRIVATE_APP = 256  # kit-to-kit frames (see mesh.relay)
 
 
 class RadioOffline(KitError, ConnectionError):
@@ -112,7 +113,17 @@ class AckReceived:
     by: str  # the node that answered (the kit's own node for an implicit broadcast ACK)
 
 
-Event = NodeSeen | TextReceived | PositionReceived | TelemetryReceived | AckReceived
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    """A PRIVATE_APP packet: a frame from another kit (see :mod:`mesh.relay`)."""
+
+    sender: str
+    sender_num: int
+    payload: bytes
+    to_kit: bool
+
+
+Event = NodeSeen | TextReceived | PositionReceived | TelemetryReceived | AckReceived | DataReceived
 
 
 def _position(lat: float, lon: float, alt: float | None) -> Position | None:
@@ -166,6 +177,8 @@ def packet_event(packet: Any, my_num: int | None) -> Event | None:
             int(m.battery_level) if m.HasField("battery_level") else None,
             float(m.voltage) if m.HasField("voltage") else None,
         )
+    if port == PRIVATE_APP:
+        return DataReceived(sender, sender_num, bytes(data.payload), packet.to == my_num)
     if port == NODEINFO_APP:
         user = mesh_pb2.User.FromString(data.payload)
         return NodeSeen(sender, user.long_name or None, user.short_name or None, time.time())
@@ -256,6 +269,23 @@ class _Link:
             text, destinationId=destination, wantAck=want_ack, channelIndex=channel
         )
         return int(packet.id)
+
+    def send_data(self, payload: bytes, destination: int, want_ack: bool, channel: int) -> int:
+        packet = self.iface.sendData(
+            payload,
+            destinationId=destination,
+            portNum=PRIVATE_APP,
+            wantAck=want_ack,
+            channelIndex=channel,
+        )
+        return int(packet.id)
+
+    def channel_utilisation(self) -> float | None:
+        """What the radio last reported in its own device telemetry, in percent."""
+        num = self.my_num()
+        node = None if num is None else (self.iface.nodesByNum or {}).get(num)
+        value = ((node or {}).get("deviceMetrics") or {}).get("channelUtilization")
+        return None if value is None else float(value)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # a half-dead interface may fail to say goodbye
@@ -558,6 +588,33 @@ class MeshRadio:
             packet_id = await asyncio.to_thread(link.send_text, text, destination, want_ack, index)
         self.sent += 1
         return packet_id
+
+    async def send_data(self, payload: bytes, destination: int, *, want_ack: bool = False) -> int:
+        """Send ``payload`` as a PRIVATE_APP packet to node number ``destination``; the id."""
+        if len(payload) > MAX_PAYLOAD:
+            raise BadDownlink(
+                f"数据过长：{len(payload)} 字节（上限 {MAX_PAYLOAD}）",
+                f"payload too long: {len(payload)} bytes (limit {MAX_PAYLOAD})",
+            )
+        async with self._send_lock:
+            link = self._link
+            if link is None or not self._up.is_set():
+                raise RadioOffline(
+                    "Mesh 电台未连接，无法发送", "the mesh radio is not connected: nothing sent"
+                )
+            packet_id = await asyncio.to_thread(
+                link.send_data, payload, destination, want_ack, self.config.channel
+            )
+        self.sent += 1
+        return packet_id
+
+    @property
+    def channel_utilisation(self) -> float | None:
+        """The radio's channel utilisation (percent of the last minute busy); None if unknown."""
+        link = self._link
+        if link is None or not self.online:
+            return None
+        return link.channel_utilisation()
 
     # --- state ---------------------------------------------------------------------------
 

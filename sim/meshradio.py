@@ -17,6 +17,9 @@ routing ACK comes back (a NAK for a node nobody knows). Packets for the host wai
 bounded queue while no host is connected, like the firmware's queue for the phone.
 
 Airtime, loss and multi-hop are not simulated here: every member hears the kit directly.
+Attached to a :class:`sim.meshnet.MeshNet` (which sets :attr:`SimulatedRadio.air`), the
+host's packets go on the simulated air instead, and the net hands packets heard over the
+air to :meth:`~SimulatedRadio.heard` and channel figures to :meth:`~SimulatedRadio.telemetry`.
 """
 
 from __future__ import annotations
@@ -190,6 +193,8 @@ class SimulatedRadio:
         self._pty = PtyNode(self.link, "simulated radio (start it with serial=True)")
         self._pty_out = bytearray()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set by a MeshNet: the host's packets go on its air, not straight to ``members``.
+        self.air: Callable[[Any], object] | None = None
 
     # --- life ------------------------------------------------------------------------
 
@@ -380,6 +385,9 @@ class SimulatedRadio:
         status = mesh_pb2.QueueStatus(res=0, free=TX_QUEUE, maxlen=TX_QUEUE)
         status.mesh_packet_id = packet.id
         session.write(frame(mesh_pb2.FromRadio(queueStatus=status).SerializeToString()))
+        if self.air is not None:
+            self.air(packet)
+            return
         text = ""
         if packet.decoded.portnum == TEXT_APP:
             text = packet.decoded.payload.decode("utf-8", "replace")
@@ -404,6 +412,24 @@ class SimulatedRadio:
                     request_id=packet.id,
                 ),
             )
+
+    # --- the air (a MeshNet) ------------------------------------------------------------
+
+    def heard(self, packet: Any) -> None:
+        """A packet heard over the air, for the host."""
+        out = mesh_pb2.MeshPacket()
+        out.CopyFrom(packet)
+        out.rx_time = int(time.time())
+        out.rx_snr = 6.5
+        self._pass_up(out)
+
+    def telemetry(self, channel_utilization: float, air_util_tx: float) -> None:
+        """The radio reports its own channel figures (percent) to the host, as firmware does."""
+        metrics = telemetry_pb2.DeviceMetrics(
+            channel_utilization=channel_utilization, air_util_tx=air_util_tx
+        )
+        telemetry = telemetry_pb2.Telemetry(time=int(time.time()), device_metrics=metrics)
+        self._emit(self.num, TELEMETRY_APP, telemetry.SerializeToString(), to=self.num)
 
     # --- the team transmits -------------------------------------------------------------
 
@@ -461,13 +487,16 @@ class SimulatedRadio:
             decoded=mesh_pb2.Data(portnum=portnum, payload=payload, request_id=request_id),
         )
         setattr(packet, "from", sender)  # "from" is a Python keyword
+        self._pass_up(packet)
+        return int(packet.id)
+
+    def _pass_up(self, packet: Any) -> None:
         data = frame(mesh_pb2.FromRadio(packet=packet).SerializeToString())
         ready = [s for s in self._sessions if s.configured]
         if not ready:
             self._to_host.append(data)
         for session in ready:
             session.write(data)
-        return int(packet.id)
 
     # --- faults ------------------------------------------------------------------------
 

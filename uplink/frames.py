@@ -717,3 +717,39 @@ def unpack_missing(payload: bytes) -> Missing:
     if not bits:
         raise r.fail("没有请求任何分片", "no fragment requested")
     return Missing(msg_seq, count, tuple(i for i in range(count) if bits >> i & 1))
+
+
+# --- relay bodies (POST /v1/frames) ------------------------------------------------------
+
+_RELAY_LEN = struct.Struct(">H")
+
+
+def pack_relay(frames: Iterable[bytes]) -> bytes:
+    """Frames for ``POST /v1/frames``: each prefixed by a 2-byte big-endian length."""
+    out = bytearray()
+    for frame in frames:
+        if not 0 < len(frame) <= MAX_FRAME_BYTES:
+            raise BadFrame(
+                f"中继帧长度无效：{len(frame)} 字节", f"invalid relayed frame length: {len(frame)}"
+            )
+        out += _RELAY_LEN.pack(len(frame)) + frame
+    return bytes(out)
+
+
+def unpack_relay(body: bytes) -> list[bytes]:
+    """The frames of a relay body; a zero length or a cut-off frame raises :class:`BadFrame`."""
+    frames: list[bytes] = []
+    pos = 0
+    while pos < len(body):
+        if pos + 2 > len(body):
+            raise BadFrame("中继数据在长度字段处被截断", "relay body cut off inside a length")
+        (n,) = _RELAY_LEN.unpack_from(body, pos)
+        pos += 2
+        if n == 0 or pos + n > len(body):
+            raise BadFrame(
+                f"第 {len(frames) + 1} 个中继帧长度无效或被截断（{n} 字节）",
+                f"relayed frame {len(frames) + 1} has length {n}: zero or cut off",
+            )
+        frames.append(body[pos : pos + n])
+        pos += n
+    return frames

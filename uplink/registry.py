@@ -18,6 +18,7 @@ KINDS: dict[str, str] = {
     "datagram": "uplink.kinds.datagram",
     "beidou": "uplink.kinds.beidou",
     "sms": "uplink.kinds.sms",
+    "meshrelay": "uplink.kinds.meshrelay",
 }
 
 
