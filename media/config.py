@@ -1,4 +1,4 @@
-"""The ``[media]`` config section: the video sources the kit records and its disk quota."""
+"""The ``[media]`` config section: the video sources the kit records, thumbnails, disk quota."""
 
 from __future__ import annotations
 
@@ -94,6 +94,22 @@ class MediaConfig(_Strict):
         "the centre has acknowledged (or whose preview it has) is evicted.",
         ge=64 * 1024**2,
         le=16 * 1024**4,
+    )
+    thumbs_per_min: int = Field(
+        6,
+        title="每分钟缩略图 / Thumbnails per minute",
+        description="Most thumbnails (P3) one feed sends per minute of video, each a new "
+        "scene; 0 makes none. Only key frames are decoded, at most one every 2 s.",
+        ge=0,
+        le=30,
+    )
+    scene_threshold: float = Field(
+        0.12,
+        title="场景变化阈值 / Scene change threshold",
+        description="How different (0 same … 1 all different) a key frame must be from the "
+        "last thumbnail sent to be sent too.",
+        ge=0.01,
+        le=1.0,
     )
     ffmpeg: str = Field(
         "ffmpeg",

@@ -1,10 +1,11 @@
 """`kit media`: record the configured video sources and file each segment with the edge.
 
-Boot order: recover what is on disk (segments finished before a crash or an unavailable
-edge are offered again, with their original item uid, so the edge never files one twice),
-start a recorder per enabled source, then file segments as they come — retrying with
-back-off while the edge is unavailable — and publish each recorder's state on change
-and every :data:`REPORT_S`.
+Boot order: recover what is on disk (segments and thumbnails finished before a crash or
+an unavailable edge are offered again, with their original item uid, so the edge never
+files one twice), start a recorder per enabled source, then file segments as they come —
+retrying with back-off while the edge is unavailable — make thumbnails of each new
+segment (a short queue; a segment that finds it full gets none, and is counted), and
+publish each recorder's state on change and every :data:`REPORT_S`.
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
 from edge.errors import EdgeUnavailable, KitError
+from edge.item import Kind
 from edge.service import run_service
 from media.config import MediaConfig
 from media.durable import DiskFull
 from media.ingest import Recorder
 from media.segments import Clock, Pending, SegmentFolder, system_clock
+from media.thumbs import Thumbnailer, ThumbPolicy
 
 log = logging.getLogger("media")
 
 REPORT_S = 10.0  # recorder states are published this often, and on every change
 RETRY_S = (0.5, 30.0)  # back-off while the edge does not answer: first and longest wait
+THUMB_BACKLOG = 4  # segments waiting for thumbnails; a slow CPU skips rather than piles up
 
 
 class MediaService:
@@ -47,8 +51,13 @@ class MediaService:
     ) -> None:
         self.edge = edge
         self.publisher = publisher
-        self.accepted = 0
+        self.media_dir = config.media_dir
+        self.accepted = 0  # video segments filed
+        self.thumbnails = 0  # thumbnails filed
+        self.thumbs_dropped = 0  # segments that got no thumbnails: the backlog was full
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()  # bounded by the disk it indexes
+        self._thumb_queue: asyncio.Queue[Pending] = asyncio.Queue(THUMB_BACKLOG)
+        self._thumb_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.folders = {s.name: SegmentFolder(config.media_dir, s.name) for s in media.sources}
         self.recorders = [
@@ -63,21 +72,66 @@ class MediaService:
             for s in media.sources
             if s.enabled
         ]
+        policy = ThumbPolicy(per_min=media.thumbs_per_min, threshold=media.scene_threshold)
+        self.thumbnailers = {
+            s.name: Thumbnailer(config.media_dir, s.name, policy, ffmpeg=media.ffmpeg)
+            for s in media.sources
+        }
 
     async def _queue_segment(self, pending: Pending) -> None:
         self._queue.put_nowait(pending)
+        if not self.thumbnailers[_source(pending)].policy.per_min:
+            return
+        try:
+            self._thumb_queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            self.thumbs_dropped += 1
+            log.warning(
+                "segment %s: no thumbnails, %d still waiting", pending.index.stem, THUMB_BACKLOG
+            )
 
     async def start(self) -> None:
         for name, folder in self.folders.items():
             for pending in await asyncio.to_thread(folder.recover):
                 log.info("%s: segment %s waits to be filed", name, pending.index.stem)
                 self._queue.put_nowait(pending)
+        for name, thumbnailer in self.thumbnailers.items():
+            for pending in await asyncio.to_thread(thumbnailer.folder.recover):
+                log.info("%s: thumbnail %s waits to be filed", name, pending.index.stem)
+                self._queue.put_nowait(pending)
+        self._thumb_task = asyncio.create_task(self.make_thumbnails())
         for recorder in self.recorders:
             await recorder.start()
 
     async def close(self) -> None:
+        """Stop recording and thumbnailing.
+
+        Segments still waiting for thumbnails get none: stopping stays quick. Thumbnails
+        being written finish in their thread and are offered at the next start.
+        """
         for recorder in self.recorders:
             await recorder.close()
+        if self._thumb_task is not None:
+            self._thumb_task.cancel()
+            await asyncio.gather(self._thumb_task, return_exceptions=True)
+            self._thumb_task = None
+
+    async def make_thumbnails(self) -> None:
+        """Thumbnails of each new segment, queued for filing right behind it."""
+        while True:
+            pending = await self._thumb_queue.get()
+            assert pending.item.media is not None
+            path = self.media_dir / pending.item.media.path
+            thumbnailer = self.thumbnailers[_source(pending)]
+            try:
+                made = await asyncio.to_thread(thumbnailer.segment, path, pending.item)
+            except KitError as err:  # a corrupt segment: logged and skipped, recording goes on
+                log.warning("segment %s: no thumbnails: %s", pending.index.stem, err)
+                made = []
+            finally:
+                self._thumb_queue.task_done()
+            for thumb in made:
+                self._queue.put_nowait(thumb)
 
     async def file_segments(self) -> None:
         """Offer each durable segment's item to the edge until it is accepted."""
@@ -118,8 +172,11 @@ class MediaService:
                 log.error("%s; retrying in %.1f s", err, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_S[1])
-        self.accepted += 1
-        log.info("segment %s filed as #%d", pending.index.stem, seq)
+        if pending.item.kind is Kind.VIDEO:
+            self.accepted += 1
+        else:
+            self.thumbnails += 1
+        log.info("%s %s filed as #%d", pending.item.kind.value, pending.index.stem, seq)
 
     async def report(self) -> None:
         """Publish every recorder's state on change and every ``REPORT_S``."""
@@ -129,6 +186,11 @@ class MediaService:
                 await self.publisher.publish(topics.DEVICE_STATE, recorder.state())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), REPORT_S)
+
+
+def _source(pending: Pending) -> str:
+    """The configured name of the feed a segment came from (its item's ``drone:<name>``)."""
+    return pending.item.source.removeprefix("drone:")
 
 
 async def serve(

@@ -161,7 +161,7 @@ def test_udp_stream_is_recorded_while_a_non_h264_stream_is_refused_with_its_reas
         SimDrone(f"udp://127.0.0.1:{bad}", cache, codec="mpeg2video"),
     ]
 
-    async def fly() -> dict[str, topics.DeviceState]:
+    async def fly() -> topics.DeviceState:
         sub = bus.Subscriber(
             zmq.asyncio.Context.instance(), config.endpoint(bus.SUB_SOCKET), topics.DEVICE_STATE
         )
@@ -181,6 +181,8 @@ def test_udp_stream_is_recorded_while_a_non_h264_stream_is_refused_with_its_reas
                         await d.start()
                     await until(lambda: cam.segments >= 1 and old.status is Status.REFUSED)
                     await until(lambda: published.get("video:old") == old.state())
+                    # What the bus said while refusing (closing publishes "stopped" later).
+                    refused = published["video:old"]
                 finally:
                     for d in drones:
                         await d.stop()
@@ -189,13 +191,12 @@ def test_udp_stream_is_recorded_while_a_non_h264_stream_is_refused_with_its_reas
         finally:
             listener.cancel()
             sub.close()
-        return published
+        return refused
 
     try:
-        published = asyncio.run(fly())
+        refused = asyncio.run(fly())
     finally:
         stop(edge)
-    refused = published["video:old"]
     assert refused.kind == "video" and not refused.online
     assert (
         refused.summary
