@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from pathlib import Path
 
 import zmq.asyncio
@@ -25,12 +26,24 @@ from edge.errors import BadItem
 from edge.item import Item, Kind
 from edge.service import run_service
 from mesh.config import MeshConfig
-from mesh.radio import DataReceived, Event, MeshRadio, PositionReceived, TextReceived
+from mesh.radio import (
+    BROADCAST,
+    MAX_PAYLOAD,
+    BadDownlink,
+    DataReceived,
+    Event,
+    MeshRadio,
+    PositionReceived,
+    RadioOffline,
+    TextReceived,
+)
 from mesh.relay import CentreRelay, FramePort, MeshFrames
 from mesh.reports import position_item, text_item
 
 log = logging.getLogger("mesh")
 
+ORDERS_WAITING = 64  # orders for the team held while the radio is away
+ORDER_RETRY_S = 10.0
 REPORT_S = 10.0  # the radio's state is published this often, and on every change
 RETRY_FIRST_S = 0.5  # first wait after the edge did not answer; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 30.0
@@ -93,6 +106,7 @@ class MeshService:
         self.queue = Handover(mesh.queue_size)
         self.frames = relay_frames(mesh, self.radio)
         self.accepted = 0
+        self.orders_sent = 0
         self._changed = asyncio.Event()
 
     def _note_change(self) -> None:
@@ -168,13 +182,39 @@ class MeshService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), REPORT_S)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def pass_orders(self, sub: bus.Subscriber) -> None:
+        """The centre's orders for the team (``^all``) or a member (``!a1b2c3d4``) go out
+        over LoRa; while the radio is away they wait (bounded) and are tried again."""
+        waiting: deque[topics.OrderReceived] = deque(maxlen=ORDERS_WAITING)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                _, order = await asyncio.wait_for(sub.receive(), ORDER_RETRY_S if waiting else None)
+                if order.target == BROADCAST or order.target.startswith("!"):
+                    waiting.append(order)
+            while waiting:
+                order = waiting[0]
+                text = order_text(order)
+                try:
+                    await self.radio.send_text(text, order.target)
+                except RadioOffline as err:
+                    log.info("order %d waits for the radio: %s", order.order_id, err)
+                    break
+                except BadDownlink as err:
+                    log.error("order %d cannot go over the mesh: %s", order.order_id, err)
+                else:
+                    self.orders_sent += 1
+                    log.info("order %d sent to %s", order.order_id, order.target)
+                waiting.popleft()
+
+    async def run(self, stop: asyncio.Event, orders: bus.Subscriber | None = None) -> None:
         await self.radio.start()
         tasks = [
             asyncio.create_task(self.deliver()),
             asyncio.create_task(self.report()),
             asyncio.create_task(self.frames.run()),
         ]
+        if orders is not None:
+            tasks.append(asyncio.create_task(self.pass_orders(orders)))
         try:
             await stop.wait()
         finally:
@@ -184,6 +224,15 @@ class MeshService:
             await self.radio.close()
             if len(self.queue):
                 log.error("%d mesh items not handed over at exit", len(self.queue))
+
+
+def order_text(order: topics.OrderReceived) -> str:
+    """How an order reads on a handheld: marked as the centre's, cut to one packet."""
+    text = f"【指挥中心】{order.text}"
+    raw = text.encode()
+    if len(raw) <= MAX_PAYLOAD:
+        return text
+    return raw[: MAX_PAYLOAD - 3].decode(errors="ignore") + "…"
 
 
 def relay_frames(mesh: MeshConfig, radio: MeshRadio) -> MeshFrames:
@@ -205,10 +254,13 @@ async def serve(
         await stop.wait()
         return
     edge = AsyncEdgeClient(config.endpoint(RPC_SOCKET), timeout_s=config.edge.rpc_timeout_s)
-    publisher = bus.Publisher(zmq.asyncio.Context.instance(), config.endpoint(bus.PUB_SOCKET))
+    ctx = zmq.asyncio.Context.instance()
+    publisher = bus.Publisher(ctx, config.endpoint(bus.PUB_SOCKET))
+    orders = bus.Subscriber(ctx, config.endpoint(bus.SUB_SOCKET), topics.ORDER_RECEIVED)
     try:
-        await MeshService(mesh, edge, publisher).run(stop)
+        await MeshService(mesh, edge, publisher).run(stop, orders)
     finally:
+        orders.close()
         publisher.close()
         await edge.close()
 

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq.asyncio
 from conftest import endpoint, start_edge, stop
 
 from config.loader import load
+from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.item import Item, Kind, Position, Priority, decode, new_item
 from mesh.config import MeshConfig
@@ -160,3 +162,43 @@ def test_handover_queue_is_bounded_drops_the_least_urgent_and_supersedes_tracks(
     assert first is sos
     queue.done(sos)
     assert queue.next() is not None and queue.next().text == "一"  # type: ignore[union-attr]
+
+
+def test_orders_for_the_team_and_a_member_go_out_over_the_mesh(kit_config: Path) -> None:
+    proc = start_edge(kit_config)
+    config = load(kit_config).config
+
+    async def main() -> tuple[list[str], list[str]]:
+        async with SimulatedRadio(members=demo_team()) as sim:
+            stop_mesh = asyncio.Event()
+            task = asyncio.create_task(serve(config, stop_mesh, mesh_config(sim)))
+            publisher = bus.Publisher(
+                zmq.asyncio.Context.instance(), config.endpoint(bus.PUB_SOCKET)
+            )
+            try:
+                # The mesh process subscribes before it connects to the radio.
+                while sim.handshakes < 1:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.3)
+                medic = f"!{MEDIC:08x}"
+                for i, (target, text) in enumerate(
+                    [(medic, "请带担架到桥头"), ("", "只给本机"), ("^all", "18时前撤离至高地")]
+                ):
+                    order = topics.OrderReceived(i + 1, target, text, "beidou", 0)
+                    await publisher.publish(topics.ORDER_RECEIVED, order)
+                deadline = asyncio.get_running_loop().time() + 10
+                while len(sim.members[LEADER].inbox) < 1:
+                    assert asyncio.get_running_loop().time() < deadline, sim.sent
+                    await asyncio.sleep(0.1)
+                return list(sim.members[MEDIC].inbox), list(sim.members[LEADER].inbox)
+            finally:
+                publisher.close()
+                stop_mesh.set()
+                await task
+
+    try:
+        medic_got, leader_got = asyncio.run(main())
+    finally:
+        stop(proc)
+    assert medic_got == ["【指挥中心】请带担架到桥头", "【指挥中心】18时前撤离至高地"]
+    assert leader_got == ["【指挥中心】18时前撤离至高地"]  # the kit's own order stays on the kit
