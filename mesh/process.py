@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import zmq.asyncio
@@ -107,6 +108,11 @@ class MeshService:
         self.frames = relay_frames(mesh, self.radio)
         self.accepted = 0
         self.orders_sent = 0
+        self.orders_waiting: deque[topics.OrderReceived] = deque(maxlen=ORDERS_WAITING)
+        self.links: dict[str, topics.LinkState] = {}
+        self.battery: topics.BatteryLevel | None = None
+        self._order_came = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
 
     def _note_change(self) -> None:
@@ -118,6 +124,11 @@ class MeshService:
         if isinstance(event, DataReceived):
             self.frames.heard(event)
         elif isinstance(event, TextReceived):
+            if event.to_kit and is_status_query(event.text):
+                task = asyncio.get_running_loop().create_task(self.reply_status(event.sender))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
             try:
                 item = text_item(event.text, event.sender, self.radio.roster)
             except Exception:  # text_item is total: this is a bug, and the text must be seen
@@ -182,20 +193,32 @@ class MeshService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), REPORT_S)
 
-    async def pass_orders(self, sub: bus.Subscriber) -> None:
+    async def follow_bus(self, sub: bus.Subscriber) -> None:
+        """Links and battery (for status replies) and the centre's orders, from the bus."""
+        while True:
+            topic, message = await sub.receive()
+            if topic is topics.LINK_STATE:
+                self.links[message.name] = message
+            elif topic is topics.BATTERY_LEVEL:
+                self.battery = message
+            elif topic is topics.ORDER_RECEIVED and (
+                message.target == BROADCAST or message.target.startswith("!")
+            ):
+                self.orders_waiting.append(message)
+                self._order_came.set()
+
+    async def pass_orders(self) -> None:
         """The centre's orders for the team (``^all``) or a member (``!a1b2c3d4``) go out
         over LoRa; while the radio is away they wait (bounded) and are tried again."""
-        waiting: deque[topics.OrderReceived] = deque(maxlen=ORDERS_WAITING)
+        waiting = self.orders_waiting
         while True:
+            self._order_came.clear()
             with contextlib.suppress(TimeoutError):
-                _, order = await asyncio.wait_for(sub.receive(), ORDER_RETRY_S if waiting else None)
-                if order.target == BROADCAST or order.target.startswith("!"):
-                    waiting.append(order)
+                await asyncio.wait_for(self._order_came.wait(), ORDER_RETRY_S if waiting else None)
             while waiting:
                 order = waiting[0]
-                text = order_text(order)
                 try:
-                    await self.radio.send_text(text, order.target)
+                    await self.radio.send_text(order_text(order), order.target)
                 except RadioOffline as err:
                     log.info("order %d waits for the radio: %s", order.order_id, err)
                     break
@@ -206,33 +229,79 @@ class MeshService:
                     log.info("order %d sent to %s", order.order_id, order.target)
                 waiting.popleft()
 
-    async def run(self, stop: asyncio.Event, orders: bus.Subscriber | None = None) -> None:
+    async def reply_status(self, member: str) -> None:
+        """Answer a member's "状态"/"status" with the kit's links, queue and battery."""
+        try:
+            status = await self.edge.call({"op": "status"})
+            queued: dict[str, int] | None = status["queued"]
+        except Exception:  # the edge restarting: answer with what is known here
+            queued = None
+        text = status_text(self.links.values(), queued, self.battery)
+        try:
+            await self.radio.send_text(text, member)
+        except (RadioOffline, BadDownlink) as err:
+            log.info("status reply to %s not sent: %s", member, err)
+
+    async def run(self, stop: asyncio.Event, bus_in: bus.Subscriber | None = None) -> None:
         await self.radio.start()
         tasks = [
             asyncio.create_task(self.deliver()),
             asyncio.create_task(self.report()),
             asyncio.create_task(self.frames.run()),
         ]
-        if orders is not None:
-            tasks.append(asyncio.create_task(self.pass_orders(orders)))
+        if bus_in is not None:
+            tasks.append(asyncio.create_task(self.follow_bus(bus_in)))
+            tasks.append(asyncio.create_task(self.pass_orders()))
         try:
             await stop.wait()
         finally:
-            for t in tasks:
+            for t in [*tasks, *self._tasks]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
             await self.radio.close()
             if len(self.queue):
                 log.error("%d mesh items not handed over at exit", len(self.queue))
 
 
-def order_text(order: topics.OrderReceived) -> str:
-    """How an order reads on a handheld: marked as the centre's, cut to one packet."""
-    text = f"【指挥中心】{order.text}"
+STATUS_WORDS = frozenset({"状态", "狀態", "status", "zt"})
+
+
+def is_status_query(text: str) -> bool:
+    """A member asking the kit how it is: "状态" or "status" alone (any case, a ? allowed)."""
+    return text.strip().strip("?？!！").strip().casefold() in STATUS_WORDS
+
+
+def status_text(
+    links: Iterable[topics.LinkState],
+    queued: Mapping[str, int] | None,
+    battery: topics.BatteryLevel | None,
+) -> str:
+    """The kit's state in one LoRa packet, Chinese first: links, waiting items, battery."""
+    parts = ["套件状态"]
+    shown = sorted(links, key=lambda ln: ln.name)
+    if shown:
+        parts.append("链路 " + " ".join(f"{ln.name}{'✓' if ln.online else '✗'}" for ln in shown))
+    else:
+        parts.append("链路 未知")
+    if queued is not None:
+        waiting = " ".join(f"{p}:{n}" for p, n in sorted(queued.items()) if n)
+        parts.append(f"待发 {waiting or 0}")
+    if battery is not None:
+        source = "市电" if battery.on_mains else "电池"
+        parts.append(f"电量 {battery.percent:.0f}% {source}")
+    return _fit("｜".join(p.strip() for p in parts))
+
+
+def _fit(text: str) -> str:
     raw = text.encode()
     if len(raw) <= MAX_PAYLOAD:
         return text
     return raw[: MAX_PAYLOAD - 3].decode(errors="ignore") + "…"
+
+
+def order_text(order: topics.OrderReceived) -> str:
+    """How an order reads on a handheld: marked as the centre's, cut to one packet."""
+    return _fit(f"【指挥中心】{order.text}")
 
 
 def relay_frames(mesh: MeshConfig, radio: MeshRadio) -> MeshFrames:
@@ -256,11 +325,17 @@ async def serve(
     edge = AsyncEdgeClient(config.endpoint(RPC_SOCKET), timeout_s=config.edge.rpc_timeout_s)
     ctx = zmq.asyncio.Context.instance()
     publisher = bus.Publisher(ctx, config.endpoint(bus.PUB_SOCKET))
-    orders = bus.Subscriber(ctx, config.endpoint(bus.SUB_SOCKET), topics.ORDER_RECEIVED)
+    bus_in = bus.Subscriber(
+        ctx,
+        config.endpoint(bus.SUB_SOCKET),
+        topics.ORDER_RECEIVED,
+        topics.LINK_STATE,
+        topics.BATTERY_LEVEL,
+    )
     try:
-        await MeshService(mesh, edge, publisher).run(stop, orders)
+        await MeshService(mesh, edge, publisher).run(stop, bus_in)
     finally:
-        orders.close()
+        bus_in.close()
         publisher.close()
         await edge.close()
 

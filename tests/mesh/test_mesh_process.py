@@ -18,7 +18,7 @@ from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.item import Item, Kind, Position, Priority, decode, new_item
 from mesh.config import MeshConfig
-from mesh.process import Handover, serve
+from mesh.process import Handover, is_status_query, serve, status_text
 from sim.meshradio import SimulatedRadio, demo_team
 
 pytestmark = pytest.mark.timeout(60)
@@ -202,3 +202,57 @@ def test_orders_for_the_team_and_a_member_go_out_over_the_mesh(kit_config: Path)
         stop(proc)
     assert medic_got == ["【指挥中心】请带担架到桥头", "【指挥中心】18时前撤离至高地"]
     assert leader_got == ["【指挥中心】18时前撤离至高地"]  # the kit's own order stays on the kit
+
+
+def test_status_words_and_the_one_packet_reply() -> None:
+    assert all(is_status_query(t) for t in ("状态", " Status? ", "STATUS", "状态？", "zt"))
+    assert not any(is_status_query(t) for t in ("状态很好", "status report", "SOS", ""))
+    links = [
+        topics.LinkState("vsat", "ip", False, 0, 0.6),
+        topics.LinkState("beidou", "beidou", True, 1.3, 10),
+    ]
+    text = status_text(links, {"P0": 0, "P1": 3, "P4": 12}, topics.BatteryLevel(41, 7.4, False))
+    assert text == "套件状态｜链路 beidou✓ vsat✗｜待发 P1:3 P4:12｜电量 41% 电池"
+    many = [topics.LinkState(f"link-{i:02d}", "ip", True, 1, 1) for i in range(40)]
+    long = status_text(many, None, None)
+    assert len(long.encode()) <= 233 and long.endswith("…")
+
+
+def test_a_member_asking_status_gets_the_kit_state_and_no_item(kit_config: Path) -> None:
+    proc = start_edge(kit_config)
+    config = load(kit_config).config
+
+    async def main() -> list[str]:
+        async with SimulatedRadio(members=demo_team()) as sim:
+            stop_mesh = asyncio.Event()
+            task = asyncio.create_task(serve(config, stop_mesh, mesh_config(sim)))
+            publisher = bus.Publisher(
+                zmq.asyncio.Context.instance(), config.endpoint(bus.PUB_SOCKET)
+            )
+            try:
+                while sim.handshakes < 1:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.3)
+                await publisher.publish(
+                    topics.LINK_STATE, topics.LinkState("beidou", "beidou", True, 1.3, 10)
+                )
+                await asyncio.sleep(0.2)
+                sim.text(MEDIC, "状态", to_kit=True)
+                deadline = asyncio.get_running_loop().time() + 10
+                while not sim.members[MEDIC].inbox:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.1)
+                sim.text(MEDIC, "到达桥头")  # an ordinary text is still filed
+                items = await outbox(kit_config, 1)
+                assert [i.text for i in items] == ["到达桥头"]
+                return list(sim.members[MEDIC].inbox)
+            finally:
+                publisher.close()
+                stop_mesh.set()
+                await task
+
+    try:
+        replies = asyncio.run(main())
+    finally:
+        stop(proc)
+    assert replies == ["套件状态｜链路 beidou✓｜待发 0"]
