@@ -95,6 +95,12 @@ class MediaConfig(_Strict):
         ge=64 * 1024**2,
         le=16 * 1024**4,
     )
+    photo_inbox: bool = Field(
+        True,
+        title="照片收件夹 / Photo inbox",
+        description="Take photos dropped into <data_dir>/inbox (a card reader, a phone over USB): "
+        "thumbnails (P3) first, then the full photo (P4); refused files go to inbox/refused.",
+    )
     thumbs_per_min: int = Field(
         6,
         title="每分钟缩略图 / Thumbnails per minute",

@@ -27,6 +27,7 @@ from edge.service import run_service
 from media.config import MediaConfig
 from media.durable import DiskFull
 from media.ingest import Recorder
+from media.photos import PhotoInbox, PhotoIntake
 from media.segments import Clock, Pending, SegmentFolder, system_clock
 from media.thumbs import Thumbnailer, ThumbPolicy
 
@@ -35,6 +36,9 @@ log = logging.getLogger("media")
 REPORT_S = 10.0  # recorder states are published this often, and on every change
 RETRY_S = (0.5, 30.0)  # back-off while the edge does not answer: first and longest wait
 THUMB_BACKLOG = 4  # segments waiting for thumbnails; a slow CPU skips rather than piles up
+
+
+PHOTO_SCAN_S = 5.0  # how often the photo inbox is looked at (a copied file settles in 2 s)
 
 
 class MediaService:
@@ -55,6 +59,11 @@ class MediaService:
         self.accepted = 0  # video segments filed
         self.thumbnails = 0  # thumbnails filed
         self.thumbs_dropped = 0  # segments that got no thumbnails: the backlog was full
+        self.photos = 0  # full photos filed
+        self.inbox: PhotoInbox | None = None
+        if media.photo_inbox:
+            intake = PhotoIntake(config.media_dir, clock=clock)
+            self.inbox = PhotoInbox(config.paths.data_dir / "inbox", intake)
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()  # bounded by the disk it indexes
         self._thumb_queue: asyncio.Queue[Pending] = asyncio.Queue(THUMB_BACKLOG)
         self._thumb_task: asyncio.Task[None] | None = None
@@ -99,6 +108,11 @@ class MediaService:
             for pending in await asyncio.to_thread(thumbnailer.folder.recover):
                 log.info("%s: thumbnail %s waits to be filed", name, pending.index.stem)
                 self._queue.put_nowait(pending)
+        if self.inbox is not None:
+            self.inbox.inbox.mkdir(parents=True, exist_ok=True)
+            for pending in await asyncio.to_thread(self.inbox.intake.folder.recover):
+                log.info("photo %s waits to be filed", pending.index.stem)
+                self._queue.put_nowait(pending)
         self._thumb_task = asyncio.create_task(self.make_thumbnails())
         for recorder in self.recorders:
             await recorder.start()
@@ -132,6 +146,20 @@ class MediaService:
                 self._thumb_queue.task_done()
             for thumb in made:
                 self._queue.put_nowait(thumb)
+
+    async def watch_photos(self) -> None:
+        """Every ``PHOTO_SCAN_S``, file the photos dropped into the inbox (thumbnails first)."""
+        if self.inbox is None:
+            return
+        while True:
+            try:
+                made = await asyncio.to_thread(self.inbox.scan)
+            except (OSError, KitError) as err:  # a full disk, a vanished file: next scan
+                log.warning("photo inbox: %s", err)
+                made = []
+            for pending in made:
+                self._queue.put_nowait(pending)
+            await asyncio.sleep(PHOTO_SCAN_S)
 
     async def file_segments(self) -> None:
         """Offer each durable segment's item to the edge until it is accepted."""
@@ -174,6 +202,8 @@ class MediaService:
                 delay = min(delay * 2, RETRY_S[1])
         if pending.item.kind is Kind.VIDEO:
             self.accepted += 1
+        elif pending.item.kind is Kind.PHOTO:
+            self.photos += 1
         else:
             self.thumbnails += 1
         log.info("%s %s filed as #%d", pending.item.kind.value, pending.index.stem, seq)
@@ -205,6 +235,7 @@ async def serve(
     tasks = [
         asyncio.create_task(service.file_segments()),
         asyncio.create_task(service.report()),
+        asyncio.create_task(service.watch_photos()),
     ]
     try:
         await stop.wait()

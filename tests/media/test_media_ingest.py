@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import time
@@ -11,6 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import zmq.asyncio
 from conftest import endpoint, start_edge, stop
@@ -239,3 +242,46 @@ def test_segments_left_on_disk_are_filed_at_start_once_the_edge_answers(
 
     asyncio.run(run())
     assert assert_every_segment_filed_and_intact(kit_config, "drone") == 2
+
+
+def test_a_photo_dropped_in_the_inbox_is_filed_thumbnails_first(kit_config: Path) -> None:
+    edge = start_edge(kit_config)
+    inbox = kit_config.parent / "data" / "inbox"
+    image = np.zeros((900, 1200, 3), np.uint8)
+    cv2.rectangle(image, (100, 100), (700, 600), (40, 180, 220), -1)
+    ok, jpeg = cv2.imencode(".jpg", image)
+    assert ok
+
+    async def main() -> None:
+        async with media_service(kit_config, MediaConfig()) as service:
+            watcher = asyncio.create_task(service.watch_photos())
+            try:
+                photo = inbox / "IMG_0001.jpg"
+                photo.write_bytes(jpeg.tobytes())
+                os.utime(photo, (time.time() - 10, time.time() - 10))  # copied a while ago
+                (inbox / "notes.txt").write_text("不是照片")
+                os.utime(inbox / "notes.txt", (time.time() - 10, time.time() - 10))
+                await until(lambda: service.photos == 1 and service.thumbnails == 2)
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    try:
+        asyncio.run(main())
+    finally:
+        stop(edge)
+    db = sqlite3.connect(kit_config.parent / "data" / "outbox.sqlite3")
+    try:
+        rows = db.execute("SELECT seq, body FROM items ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    items = [decode(body) for _, body in rows]
+    assert [(i.kind, i.priority.name) for i in items] == [
+        (Kind.THUMBNAIL, "P3"),
+        (Kind.THUMBNAIL, "P3"),
+        (Kind.PHOTO, "P4"),
+    ]
+    assert items[0].parent == items[2].uid and items[1].parent == items[2].uid
+    assert not (inbox / "IMG_0001.jpg").exists()  # its durable copy is in the media folder
+    assert (inbox / "refused" / "notes.txt").exists()
+    assert "notes.txt" not in {p.name for p in inbox.iterdir()}
