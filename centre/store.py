@@ -293,17 +293,23 @@ class Store:
         """Orders of ``kit_id`` without a receipt, not sent in the last ``resend_after_s``
         (oldest first); each is counted as sent now."""
         now = now_ms()
-        async with self.transaction() as db:
-            async with db.execute(
+        # Read first: every answer to a kit asks, and almost always there is nothing due;
+        # a write transaction only when there is (a copy sent twice is dropped by the kit).
+        async with (
+            self.reading() as db,
+            db.execute(
                 "SELECT order_id, target, text FROM orders WHERE kit_id = ? AND receipt_ms IS NULL"
                 " AND (last_sent_ms IS NULL OR last_sent_ms <= ?) ORDER BY order_id LIMIT ?",
                 (kit_id, now - int(resend_after_s * 1000), limit),
-            ) as cur:
-                rows = list(await cur.fetchall())
-            await db.executemany(
-                "UPDATE orders SET sent = sent + 1, last_sent_ms = ? WHERE order_id = ?",
-                [(now, row[0]) for row in rows],
-            )
+            ) as cur,
+        ):
+            rows = list(await cur.fetchall())
+        if rows:
+            async with self.transaction() as db:
+                await db.executemany(
+                    "UPDATE orders SET sent = sent + 1, last_sent_ms = ? WHERE order_id = ?",
+                    [(now, row[0]) for row in rows],
+                )
         return [Order(int(i), str(target), str(text)) for i, target, text in rows]
 
     async def orders(self, kit_id: int) -> list[dict[str, object]]:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from drivers.backend import SerialBackend, serial_backend
-from drivers.device import DeviceState, Lifecycle
+from drivers.device import DeviceState, Lifecycle, wait_set
 from drivers.sentence import Sentence, StreamParser
 from drivers.serialio import DEFAULT_BACKOFF, Backoff, PortOffline, SerialPort
 from edge.errors import KitError
@@ -404,11 +404,7 @@ class BeidouTerminal(Lifecycle):
             log.warning("%s", self._not_ready())
 
     async def wait_online(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._up, timeout)
 
     async def close(self) -> None:
         self._up.clear()  # a deliberate close is not an outage worth a warning

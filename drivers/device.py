@@ -9,22 +9,33 @@ every few seconds; the edge daemon keeps the latest per device for ``kit status`
 
 from __future__ import annotations
 
+import asyncio
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from edge.topics import Detail, DeviceState
 
-__all__ = ["Detail", "Device", "DeviceState", "Lifecycle"]
+__all__ = ["Detail", "Device", "DeviceState", "Lifecycle", "wait_set"]
 
 
-class Lifecycle:
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+    """True once ``event`` is set, False if ``timeout`` seconds pass first."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+class Lifecycle(ABC):
     """Started and closed explicitly, or used as ``async with`` (drivers and simulators)."""
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def start(self) -> None: ...
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def close(self) -> None: ...
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -45,7 +45,7 @@ from drivers.atmodem import (
     fields,
 )
 from drivers.backend import SerialBackend, serial_backend
-from drivers.device import DeviceState, Lifecycle
+from drivers.device import DeviceState, Lifecycle, wait_set
 from drivers.serialio import DEFAULT_BACKOFF, Backoff
 from drivers.smspdu import Alphabet, BadPdu, Segment
 from edge.errors import KitError
@@ -332,11 +332,7 @@ class TiantongModem(Lifecycle):
             log.warning("%s", self._not_ready())
 
     async def wait_online(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._up, timeout)
 
     async def close(self) -> None:
         self._up.clear()  # a deliberate close is not an outage worth a warning
