@@ -310,6 +310,7 @@ class GnssReceiver(Lifecycle):
         self._stepped_at = -STEP_HOLD_S
         self._step_error = ""
         self._heard_at = -1e18
+        self._silent = True  # nothing heard yet, or the watchdog declared the silence
         self._heard = asyncio.Event()
         self._reported_at = -1e18
         self._reported = FixQuality.NONE
@@ -324,7 +325,8 @@ class GnssReceiver(Lifecycle):
     def online(self) -> bool:
         """The source is connected and sentences are arriving (with or without a fix)."""
         source = self._source
-        return source is not None and source.online and self._hearing()
+        # The watchdog's verdict, not the clock: "offline" and "no fix" change together.
+        return source is not None and source.online and not self._silent
 
     @property
     def dropped(self) -> Counter[str]:
@@ -421,9 +423,6 @@ class GnssReceiver(Lifecycle):
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _hearing(self) -> bool:
-        return time.monotonic() - self._heard_at < self.silence_s
-
     def _on_source(self, up: bool) -> None:
         if not up and self._watchdog is not None:  # None: closing, which is no outage
             self._lose(("设备断开", "device disconnected"))
@@ -436,6 +435,7 @@ class GnssReceiver(Lifecycle):
                 await asyncio.sleep(wait)
                 continue
             self._lose((f"{self.silence_s:g} 秒无数据", f"no data for {self.silence_s:g} s"))
+            self._silent = True
             self._heard.clear()
             await self._heard.wait()
 
@@ -445,6 +445,7 @@ class GnssReceiver(Lifecycle):
         if not sentences:
             return
         self._heard_at = time.monotonic()
+        self._silent = False
         self._heard.set()
         for sentence in sentences:
             try:
