@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # System packages the kit and its tests use. Grows as issues land; installed only if missing.
-APT_PACKAGES=(python3 python3-venv sqlite3 ppp gpsd gpsd-clients ffmpeg)
+APT_PACKAGES=(python3 python3-venv sqlite3 ppp gpsd gpsd-clients ffmpeg chromium postgresql mosquitto)
 
 say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 die() { printf '错误 / error: %s\n' "$*" >&2; exit 1; }
@@ -53,7 +53,7 @@ setup_venv() {
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         say "installing Python packages (pinned in pyproject.toml)"
-        .venv/bin/pip install -q --disable-pip-version-check -e '.[pi,firmware,test]'
+        .venv/bin/pip install -q --disable-pip-version-check -e '.[pi,firmware,centre,test]'
         echo "$want" > "$stamp"
     fi
 }
