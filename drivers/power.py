@@ -429,6 +429,13 @@ class PowerConfig(BaseModel):
         max_length=64,
         pattern=r"^[A-Za-z0-9_.:-]*$",
     )
+    sysfs_root: str = Field(
+        str(SYSFS_ROOT),
+        title="电源目录 / Power-supply folder",
+        description="Where the battery driver's folders are; only `kit sim` points it elsewhere.",
+        min_length=1,
+        max_length=4096,
+    )
     i2c_bus: int = Field(
         1, title="I2C 总线 / I2C bus", description="N of /dev/i2c-N (1 on a Pi).", ge=0, le=31
     )
@@ -535,7 +542,7 @@ class PowerConfig(BaseModel):
     def reader(self) -> PowerSource:
         """The real reader this config names."""
         if self.source == "sysfs":
-            return SysfsReader(self.sysfs_supply)
+            return SysfsReader(self.sysfs_supply, Path(self.sysfs_root))
         if self.source == "ina219":
             return INA219Reader(
                 bus=self.i2c_bus,

@@ -50,6 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
+    p = sub.add_parser(
+        "sim",
+        help="整套系统模拟演练 / the whole system on this machine, playing a scenario",
+    )
+    p.add_argument(
+        "--scenario",
+        "-s",
+        default="first-hours",
+        help="name in sim/scenarios (first-hours, night-flood, aftershock) or a .toml file",
+    )
+    p.add_argument("--kits", type=int, help="number of kits (default: as the scenario lists)")
+    p.add_argument("--speed", type=float, help="scenario seconds per real second")
+    p.add_argument("--duration", type=float, help="scenario seconds to run (default: all)")
+    p.add_argument("--dir", type=Path, help="folder for the run (default: a new temp folder)")
+    p.add_argument("--drone", action=argparse.BooleanOptionalAction, help="drone video on/off")
+
     p = sub.add_parser("status", help="套件状态 / show the kit's status")
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
@@ -238,6 +254,32 @@ def cmd_init_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from sim.kitsim import main as sim_main
+    from sim.scenario import ScenarioError, find_scenario, load_scenario
+
+    if args.kits is not None and not 1 <= args.kits <= 16:
+        return fail("--kits 应为 1–16 / --kits must be 1-16", EXIT_USAGE)
+    if args.speed is not None and not 0 < args.speed <= 1000:
+        return fail("--speed 应为 0–1000 / --speed must be in (0, 1000]", EXIT_USAGE)
+    try:
+        scenario = load_scenario(find_scenario(args.scenario))
+    except ScenarioError as err:
+        return fail(err)
+    root = args.dir or Path(tempfile.mkdtemp(prefix="kit-sim-"))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    return sim_main(
+        scenario,
+        root.resolve(),
+        speed=args.speed,
+        kits=args.kits,
+        duration=args.duration,
+        drone=args.drone,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["centre"]:  # the centre has its own options
@@ -253,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_config_check(args)
     if args.command == "init-config":
         return cmd_init_config(args)
+    if args.command == "sim":
+        return cmd_sim(args)
     config_path = args.config or default_path()
     if args.command == "edge":
         from edge.daemon import main as edge_main

@@ -43,6 +43,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import ErrorDetails
 
@@ -91,6 +92,16 @@ class LinkSpec(LinkConditions, _Identity):
         max_length=10_000,
         description="[down, up] pairs in seconds from the start, in order; up may be inf.",
     )
+    kits: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="`kit sim`: the kits that have this link; empty: every kit.",
+    )
+    via: str = Field(
+        default="",
+        max_length=32,
+        description="`kit sim`, kind mesh: the neighbour kit that relays over LoRa.",
+    )
 
     @field_validator("mtu")
     @classmethod
@@ -107,6 +118,53 @@ class LinkSpec(LinkConditions, _Identity):
         return list(check_outages(outages))
 
 
+_NAME = r"^[a-z0-9_-]+$"
+
+
+class KitSpec(BaseModel):
+    """`kit sim`: one simulated kit, where it stands and what it has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    name: str = Field(min_length=1, max_length=32, pattern=_NAME, description="Unique name.")
+    id: int | None = Field(
+        default=None, ge=1, le=65535, description="Kit id; default 101, 102, … in file order."
+    )
+    lat: float = Field(default=30.6586, ge=-90, le=90, strict=False, description="Latitude.")
+    lon: float = Field(default=104.0647, ge=-180, le=180, strict=False, description="Longitude.")
+    battery_percent: float = Field(
+        default=80.0, ge=0, le=100, strict=False, description="Charge at the start."
+    )
+    on_mains: bool = Field(default=False, description="Mains (or a generator) at the start.")
+    team: int = Field(default=3, ge=0, le=16, description="Team members on the kit's mesh.")
+    drone: bool = Field(default=False, description="A drone streams video to the kit.")
+
+
+class Action(StrEnum):
+    """What a scenario event does."""
+
+    SOS = "sos"  # a team member (or, without a team, the SOS button) calls for help
+    REPORT = "report"  # a rescuer files a situation report on the web page
+    PHOTO = "photo"  # a photo lands in the kit's inbox
+    REBOOT = "reboot"  # the kit loses power for a moment: every process killed, then back
+    MAINS_ON = "mains_on"
+    MAINS_OFF = "mains_off"
+    DRONE_ON = "drone_on"
+    DRONE_OFF = "drone_off"
+
+
+class EventSpec(BaseModel):
+    """`kit sim`: something that happens at a moment of the scenario."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    at: float = Field(ge=0, strict=False, description="Seconds from the start.")
+    do: Action = Field(strict=False, description="What happens: " + ", ".join(Action))
+    kit: str = Field(default="", max_length=32, description="Which kit; empty: the first.")
+    text: str = Field(default="", max_length=500, description="Text of a report or SOS.")
+    count: int = Field(default=0, ge=0, le=10_000, description="People concerned.")
+
+
 class Scenario(BaseModel):
     """A set of emulated links, as read from a scenario file."""
 
@@ -117,6 +175,18 @@ class Scenario(BaseModel):
         default=0, ge=0, le=2**32 - 1, description="Seed for loss and jitter, so runs repeat."
     )
     links: list[LinkSpec] = Field(min_length=1, max_length=64, description="The links.")
+    duration: float = Field(
+        default=600.0, gt=0, le=7 * 86400, strict=False, description="`kit sim`: seconds to run."
+    )
+    speed: float = Field(
+        default=1.0, gt=0, le=1000, strict=False, description="`kit sim`: default speed-up."
+    )
+    kits: list[KitSpec] = Field(
+        default_factory=list, max_length=16, description="`kit sim`: the kits; default one."
+    )
+    events: list[EventSpec] = Field(
+        default_factory=list, max_length=10_000, description="`kit sim`: what happens when."
+    )
 
     @field_validator("links")
     @classmethod
@@ -127,6 +197,38 @@ class Scenario(BaseModel):
                 raise ValueError(f"two links are named {link.name!r}")
             seen.add(link.name)
         return links
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        kits = self.world_kits()
+        names = [k.name for k in kits]
+        if len(set(names)) != len(names):
+            raise ValueError("two kits have the same name")
+        ids = [k.id for k in kits]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two kits have the same id")
+        for link in self.links:
+            for name in (*link.kits, *([link.via] if link.via else [])):
+                if name not in names:
+                    raise ValueError(f"link {link.name!r} names kit {name!r}, which is not listed")
+            if link.via and link.kind is not LinkKind.MESH:
+                raise ValueError(f"link {link.name!r}: only a mesh link has `via`")
+        for event in self.events:
+            if event.kit and event.kit not in names:
+                raise ValueError(f"an event at {event.at:g} s names kit {event.kit!r}, not listed")
+        return self
+
+    def world_kits(self) -> list[KitSpec]:
+        """The kits of `kit sim`, each with its id (one default kit if none is listed)."""
+        listed = self.kits or [KitSpec(name="kit-1")]
+        return [
+            k if k.id is not None else k.model_copy(update={"id": 101 + i})
+            for i, k in enumerate(listed)
+        ]
+
+    def links_of(self, kit: str) -> list[LinkSpec]:
+        """The links ``kit`` has."""
+        return [link for link in self.links if not link.kits or kit in link.kits]
 
 
 class ScenarioError(KitError, ValueError):
@@ -139,6 +241,17 @@ class ScenarioError(KitError, ValueError):
             f"场景文件 {source} 有 {len(problems)} 处错误",
             f"scenario file {source} has {len(problems)} error(s):{lines}",
         )
+
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def find_scenario(name: str) -> Path:
+    """A scenario file by path, or by name in ``sim/scenarios`` (``first-hours``)."""
+    path = Path(name)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    return SCENARIOS / f"{name}.toml"
 
 
 def load_scenario(path: str | Path) -> Scenario:
