@@ -578,6 +578,29 @@ class World:
         if k.proc is not None:
             await _stop(k.proc, sig)
 
+    def kit_processes(self, k: SimKit) -> dict[str, int]:
+        """pid of each of the kit's processes now (edge, uplink, drivers, mesh, media, …)."""
+        found: dict[str, int] = {}
+        marker = str(k.config).encode()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker in argv and b"edge.cli" in argv:
+                name = argv[argv.index(b"edge.cli") + 1].decode()
+                if name != "run":
+                    found[name] = int(pid)
+        return found
+
+    async def restart_centre(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """The centre's process dies (SIGKILL: between any two instructions) and comes back."""
+        if self.centre_proc is not None:
+            await _stop(self.centre_proc, sig)
+        await self._start_centre()
+
     async def reboot(self, k: SimKit) -> None:
         """Power gone for a moment: every process of the kit killed at once, then started."""
         await self._stop_kit(k, signal.SIGKILL)
@@ -781,15 +804,17 @@ async def _stop(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
     """Stop ``proc`` and, if it leads a process group (`kit run`), everything in it."""
     if proc.returncode is not None:
         return
-    group = sig is signal.SIGKILL
-    with contextlib.suppress(ProcessLookupError):
-        if group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.send_signal(sig)
+
+    def send(what: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if what is signal.SIGKILL and os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, what)  # a power cut takes every process of the kit
+            else:
+                proc.send_signal(what)
+
+    send(sig)
     try:
         await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        send(signal.SIGKILL)
         await proc.wait()
