@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the kit needs on a fresh Debian/Ubuntu machine, then runs it or its tests.
+#   ./bootstrap.sh sim    – the whole system on this machine playing a disaster scenario (kit sim)
 #   ./bootstrap.sh run    – the kit's daemons and a local command centre (configs in local/)
 #   ./bootstrap.sh test   – lint, type checks and the whole test suite
 set -euo pipefail
@@ -78,6 +79,11 @@ case "$cmd" in
         say "starting the kit (Ctrl-C stops both); status: .venv/bin/kit status --config local/kit.toml"
         .venv/bin/kit run --config local/kit.toml
         ;;
+    sim)
+        install_system_packages
+        setup_venv
+        exec .venv/bin/kit sim "${@:2}"
+        ;;
     test)
         install_system_packages
         setup_venv
@@ -89,7 +95,7 @@ case "$cmd" in
         exec .venv/bin/pytest -q "${@:2}"
         ;;
     *)
-        echo "usage: ./bootstrap.sh run | test" >&2
+        echo "usage: ./bootstrap.sh sim [kit sim options] | run | test" >&2
         exit 2
         ;;
 esac
