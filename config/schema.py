@@ -76,6 +76,14 @@ class EdgeSection(Strict):
         ge=0.1,
         le=120.0,
     )
+    reserve_mb: int = Field(
+        64,
+        title="保留空间 / Reserved space",
+        description="Free space (MB) kept for SOS and reports: below it, tracks and media "
+        "are refused before they are stored.",
+        ge=0,
+        le=1_000_000,
+    )
 
 
 class UplinkSection(Strict):

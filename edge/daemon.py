@@ -7,7 +7,9 @@ import dataclasses
 import fcntl
 import logging
 import os
+import shutil
 import signal
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -22,7 +24,7 @@ import zmq.asyncio
 from config.loader import Loaded
 from config.loader import load as load_config
 from edge import bus, topics
-from edge.errors import BadItem, KitError, StoreLocked
+from edge.errors import BadItem, DiskNearlyFull, KitError, StoreLocked
 from edge.item import Item, Priority, check_size, from_wire
 from edge.store import Accepted, Queued, Store
 
@@ -113,7 +115,11 @@ class EdgeDaemon:
                         [p.item for p in group], [p.body for p in group]
                     )
                 except Exception as exc:  # disk full, I/O error: tell every waiting client
-                    log.exception("commit of %d items failed", len(group))
+                    if isinstance(exc, sqlite3.OperationalError | OSError):
+                        # Expected on a full or failing disk: one line each, not a traceback.
+                        log.error("commit of %d items failed: %s", len(group), exc)
+                    else:
+                        log.exception("commit of %d items failed", len(group))
                     for p in group:
                         p.reply(
                             {
@@ -257,7 +263,25 @@ class EdgeDaemon:
         self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
     ) -> None:
         item = from_wire(request.get("item"))
-        self._enqueue(item, check_size(item), reply)  # the answer goes out after the group's commit
+        body = check_size(item)
+        if item.priority > Priority.P1:
+            self._check_margin()
+        self._enqueue(item, body, reply)  # the answer goes out after the group's commit
+
+    def _check_margin(self) -> None:
+        """Below ``edge.reserve_mb`` free, only P0 and P1 are taken: an SOS always fits."""
+        reserve = self.config.edge.reserve_mb * 2**20
+        try:
+            free = shutil.disk_usage(self.store.path.parent).free
+        except OSError:
+            return  # cannot tell: let the write itself succeed or fail
+        if free < reserve:
+            raise DiskNearlyFull(
+                f"磁盘将满：剩余 {free / 2**20:.1f} MB，"
+                f"{self.config.edge.reserve_mb} MB 留给求救和报告；轨迹和媒体暂不接收",
+                f"disk nearly full: {free / 2**20:.1f} MB free, {self.config.edge.reserve_mb} MB "
+                "kept for SOS and reports; tracks and media refused for now",
+            )
 
     async def _op_status(
         self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]

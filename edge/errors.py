@@ -30,3 +30,7 @@ class EdgeUnavailable(KitError, ConnectionError):
 
 class StoreLocked(KitError, RuntimeError):
     """Another edge daemon already owns the store."""
+
+
+class DiskNearlyFull(KitError, OSError):
+    """Free space is down to the margin kept for SOS and reports: bulk and tracks wait."""

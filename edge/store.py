@@ -222,7 +222,8 @@ class Store:
                 )
                 await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a full disk at COMMIT rolls back by itself
+                    await self._db.execute("ROLLBACK")
                 raise
         self.requeued_at_start = len(rows)
         seq = await self._db.execute_fetchall(
@@ -282,7 +283,9 @@ class Store:
                 results = await self._insert_group(items, bodies, now)
                 await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                # SQLite may have rolled back already (a full disk at COMMIT does).
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
         return results
 
@@ -457,7 +460,8 @@ class Store:
                     )
                 await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a full disk at COMMIT rolls back by itself
+                    await self._db.execute("ROLLBACK")
                 raise
         return moved
 
