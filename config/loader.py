@@ -203,6 +203,7 @@ runtime_dir = "{runtime_dir}" # sockets of the bus and the edge daemon
 
 [edge]
 max_batch = 512          # accepts committed per transaction (group commit)
+reserve_mb = 64          # free space kept for SOS and reports; below it tracks and media wait
 
 [log]
 level = "INFO"
@@ -231,6 +232,9 @@ connection = "serial"    # serial (USB) or tcp (a radio on the network)
 # device = "/dev/ttyACM0"
 
 # 无人机视频 / drone video, recorded without decoding in segments (P4 items):
+# [media]
+# quota_bytes = 17179869184 # 16 GB; past it, the oldest video whose preview the centre has goes
+# clip_every_min = 10      # a 10 s preview clip (P3) of each feed's busiest segment per stretch
 # [[media.sources]]
 # name = "drone-1"
 # kind = "rtmp"           # the controller pushes to rtmp://<kit>:1935/live/drone-1

@@ -26,7 +26,7 @@ from config.loader import load as load_config
 from edge import bus, topics
 from edge.errors import BadItem, DiskNearlyFull, KitError, StoreLocked
 from edge.item import Item, Priority, check_size, from_wire
-from edge.store import Accepted, Queued, Store
+from edge.store import Accepted, Queued, State, Store
 
 log = logging.getLogger("edge")
 
@@ -204,6 +204,7 @@ class EdgeDaemon:
             "requeue": self._op_requeue,
             "ack": self._op_ack,
             "flush": self._op_flush,
+            "withdraw": self._op_withdraw,
         }
 
     async def _op_flush(
@@ -258,6 +259,15 @@ class EdgeDaemon:
                 topics.ITEMS_DELIVERED, topics.ItemsDelivered(acked, str(request.get("link", "")))
             )
         reply({"ok": True, "seqs": acked})
+
+    async def _op_withdraw(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """The media process evicts files nobody has started sending (a video segment whose
+        preview the centre has): those items leave the queue as superseded; the seqs moved."""
+        skip = frozenset(State) - {State.ACCEPTED}
+        moved = await self.store._move(_seqs(request), State.SUPERSEDED, skip=skip)
+        reply({"ok": True, "seqs": moved})
 
     async def _op_accept(
         self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]

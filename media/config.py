@@ -98,8 +98,9 @@ class MediaConfig(_Strict):
     photo_inbox: bool = Field(
         True,
         title="照片收件夹 / Photo inbox",
-        description="Take photos dropped into <data_dir>/inbox (a card reader, a phone over USB): "
-        "thumbnails (P3) first, then the full photo (P4); refused files go to inbox/refused.",
+        description="Take photos and voice notes dropped into <data_dir>/inbox (a card reader, "
+        "a phone over USB): thumbnails (P3) first, then the full photo (P4); a recording "
+        "becomes Codec2 (P3) and Opus (P4); refused files go to inbox/refused.",
     )
     thumbs_per_min: int = Field(
         6,
@@ -116,6 +117,15 @@ class MediaConfig(_Strict):
         "last thumbnail sent to be sent too.",
         ge=0.01,
         le=1.0,
+    )
+    clip_every_min: int = Field(
+        10,
+        title="预览片段间隔 / Preview clip every",
+        description="Minutes of video per preview clip (P3: 10 s, 320 px wide, ≤ 64 kbit/s): "
+        "each feed's segment with the most scene change in that stretch gets one; 0 makes "
+        "none (clips can still be asked for).",
+        ge=0,
+        le=240,
     )
     ffmpeg: str = Field(
         "ffmpeg",

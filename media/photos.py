@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,13 +42,12 @@ log = logging.getLogger("media.photos")
 
 MAX_PHOTO_BYTES = 40 * 1024**2  # a 200 MP phone JPEG is ~30 MB; a 2 GB upload is refused
 MAX_PIXELS = 210_000_000
-SETTLE_S = 2.0  # a file in the inbox unchanged this long is completely copied
 MAX_IFD_ENTRIES = 512
 
 _MIMES = {b"\xff\xd8\xff": ("image/jpeg", "jpg"), b"\x89PNG\r\n\x1a\n": ("image/png", "png")}
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1, 9: 4, 10: 8}  # TIFF field type → bytes
 _TAG_EXIF_IFD, _TAG_GPS_IFD, _TAG_DATETIME = 0x8769, 0x8825, 0x0132
-_TAG_ORIGINAL, _TAG_OFFSET_ORIGINAL = 0x9003, 0x9011
+_TAG_ORIGINAL, _TAG_OFFSET_ORIGINAL, _TAG_ORIENTATION = 0x9003, 0x9011, 0x0112
 
 
 class NotAPhoto(KitError, ValueError):
@@ -70,6 +69,7 @@ class Exif:
     taken: str | None = None  # camera's local time, "YYYY:MM:DD HH:MM:SS"
     offset: str | None = None  # its UTC offset when the camera recorded it, "+08:00"
     position: Position | None = None
+    orientation: int = 1  # how the camera was held: 1 upright … 8 (EXIF 0x0112); see upright()
 
 
 class _Tiff:
@@ -114,6 +114,12 @@ class _Tiff:
         raw = self.data[at : at + n].split(b"\0", 1)[0]
         return raw.decode("ascii", "replace").strip() or None
 
+    def short(self, entry: tuple[int, int, int] | None) -> int | None:
+        """A single SHORT value; None if absent or of another type."""
+        if entry is None or entry[0] != 3 or entry[1] != 1:
+            return None
+        return self.unpack("H", entry[2])[0]
+
     def rationals(self, entry: tuple[int, int, int], want: int) -> list[float]:
         kind, n, at = entry
         if kind != 5 or n != want:
@@ -135,6 +141,9 @@ def exif_of(jpeg: bytes) -> Exif:
     tiff = _Tiff(block)
     ifd0 = tiff.ifd(tiff.unpack("I", 4)[0])
     taken, offset = tiff.text(ifd0.get(_TAG_DATETIME)), None
+    orientation = tiff.short(ifd0.get(_TAG_ORIENTATION)) or 1
+    if not 1 <= orientation <= 8:
+        orientation = 1  # meaningless: the pixels are taken as stored
     if (pointer := ifd0.get(_TAG_EXIF_IFD)) is not None:
         sub = tiff.ifd(tiff.unpack("I", pointer[2])[0])
         taken = tiff.text(sub.get(_TAG_ORIGINAL)) or taken
@@ -142,7 +151,7 @@ def exif_of(jpeg: bytes) -> Exif:
     position = None
     if (pointer := ifd0.get(_TAG_GPS_IFD)) is not None:
         position = _position(tiff, tiff.ifd(tiff.unpack("I", pointer[2])[0]))
-    return Exif(taken, offset, position)
+    return Exif(taken, offset, position, orientation)
 
 
 def _app1_exif(jpeg: bytes) -> bytes | None:
@@ -191,16 +200,23 @@ def _position(tiff: _Tiff, gps: dict[int, tuple[int, int, int]]) -> Position | N
         raise _bad(err.zh, err.en) from None
 
 
-def image_kind(data: bytes) -> tuple[str, str]:
-    """(MIME type, file suffix) of a photo the kit takes: JPEG or PNG, by its first bytes."""
-    for magic, kind in _MIMES.items():
-        if data.startswith(magic):
-            return kind
-    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1"):
+def is_photo(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a photo the kit takes (JPEG or PNG).
+
+    Raises :class:`NotAPhoto` for an HEIC photo, which it cannot take.
+    """
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1"):
         raise NotAPhoto(
             "不支持 HEIC 照片：请将相机设为“兼容性最佳”（JPEG）",
             "HEIC photos are not supported: set the camera to 'Most Compatible' (JPEG)",
         )
+    return any(head.startswith(magic) for magic in _MIMES)
+
+
+def image_kind(data: bytes) -> tuple[str, str]:
+    """(MIME type, file suffix) of a photo the kit takes: JPEG or PNG, by its first bytes."""
+    if is_photo(data):
+        return next(kind for magic, kind in _MIMES.items() if data.startswith(magic))
     raise NotAPhoto(
         f"不是 JPEG 或 PNG 图像（开头为 {data[:8].hex()}）",
         f"not a JPEG or PNG image (starts with {data[:8].hex()})",
@@ -219,11 +235,35 @@ def check_size(size: int) -> None:
         )
 
 
+def upright(frame: Frame, orientation: int) -> Frame:
+    """The picture as the photographer saw it, from pixels stored with EXIF ``orientation``.
+
+    The fix for each value: 2 mirror; 3 half turn; 4 upside down; 5 transpose (mirror on
+    the main diagonal); 6 quarter turn clockwise (a phone held upright); 7 transverse
+    (mirror on the other diagonal); 8 quarter turn anticlockwise.
+    """
+    fixes: dict[int, Callable[[Frame], Any]] = {
+        2: lambda f: cv2.flip(f, 1),
+        3: lambda f: cv2.rotate(f, cv2.ROTATE_180),
+        4: lambda f: cv2.flip(f, 0),
+        5: cv2.transpose,
+        6: lambda f: cv2.rotate(f, cv2.ROTATE_90_CLOCKWISE),
+        7: lambda f: cv2.flip(cv2.transpose(f), -1),
+        8: lambda f: cv2.rotate(f, cv2.ROTATE_90_COUNTERCLOCKWISE),
+    }
+    fix = fixes.get(orientation)
+    return frame if fix is None else np.ascontiguousarray(fix(frame), dtype=np.uint8)
+
+
 def decode_preview(data: bytes) -> Frame:
-    """The photo decoded at reduced size for thumbnails (a quarter for big JPEGs: cheap)."""
+    """The photo decoded at reduced size for thumbnails (a quarter for big JPEGs: cheap).
+
+    The pixels come as stored: the EXIF orientation is applied by :func:`upright`, from
+    the kit's own EXIF reading, not by OpenCV's.
+    """
     array = np.frombuffer(data, np.uint8)
     flag = cv2.IMREAD_REDUCED_COLOR_4 if len(data) > 512 * 1024 else cv2.IMREAD_COLOR
-    frame = cv2.imdecode(array, flag)
+    frame = cv2.imdecode(array, flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if frame is None:
         raise NotAPhoto("图像已损坏，无法解码", "the image is damaged and cannot be decoded")
     height, width = frame.shape[:2]
@@ -254,6 +294,7 @@ class PhotoIntake:
                 exif = exif_of(data)
             except BadExif as err:
                 log.warning("photo from %s kept without its metadata: %s", source, err)
+        frame = upright(frame, exif.orientation)
         now_ms, clock_ok = self.clock()
         stem = f"{now_ms}-{hashlib.sha256(data).hexdigest()[:12]}"
         info: dict[str, str | bool] = {}
@@ -287,42 +328,3 @@ class PhotoIntake:
                 )
             )
         return [*made, photo]
-
-
-class PhotoInbox:
-    """A folder people drop photos into (a card reader, a phone over USB, a share)."""
-
-    def __init__(
-        self, inbox: Path, intake: PhotoIntake, *, now: Callable[[], float] = time.time
-    ) -> None:
-        self.inbox = inbox
-        self.refused = inbox / "refused"
-        self.intake = intake
-        self.now = now
-
-    def scan(self) -> list[Pending]:
-        """Take every settled file: filed ones are removed, refused ones moved aside."""
-        made: list[Pending] = []
-        if not self.inbox.is_dir():
-            return made
-        for path in sorted(self.inbox.iterdir()):
-            if path.name.startswith(".") or not path.is_file():
-                continue
-            stat = path.stat()
-            if self.now() - stat.st_mtime < SETTLE_S:
-                continue  # still being copied
-            try:
-                check_size(stat.st_size)
-                made += self.intake.take(path.read_bytes(), source="folder")
-            except NotAPhoto as err:
-                self._refuse(path, str(err))
-                continue
-            path.unlink()  # its durable copy is in the media folder now
-            log.info("photo %s taken from the inbox", path.name)
-        return made
-
-    def _refuse(self, path: Path, reason: str) -> None:
-        self.refused.mkdir(exist_ok=True)
-        path.replace(self.refused / path.name)
-        (self.refused / f"{path.name}.txt").write_text(reason + "\n", encoding="utf-8")
-        log.warning("photo %s refused: %s", path.name, reason)

@@ -59,10 +59,14 @@ class Plan:
         return max(0, self.used - self.freed - self.quota)
 
 
-def plan(quota: int, files: Iterable[MediaFile]) -> Plan:
-    """Evict the oldest evictable video until the folder fits ``quota``, and no more."""
+def plan(quota: int, files: Iterable[MediaFile], other: int = 0) -> Plan:
+    """Evict the oldest evictable video until the folder fits ``quota``, and no more.
+
+    ``other`` counts bytes that use the quota but are never evicted (index entries, files
+    being written).
+    """
     found = list(files)
-    used = sum(f.size for f in found)
+    used = sum(f.size for f in found) + other
     candidates = sorted((f for f in found if f.evictable), key=lambda f: (f.created_ms, f.path))
     evict: list[Eviction] = []
     left = used

@@ -4,14 +4,18 @@ Boot order: recover what is on disk (segments and thumbnails finished before a c
 an unavailable edge are offered again, with their original item uid, so the edge never
 files one twice), start a recorder per enabled source, then file segments as they come —
 retrying with back-off while the edge is unavailable — make thumbnails of each new
-segment (a short queue; a segment that finds it full gets none, and is counted), and
-publish each recorder's state on change and every :data:`REPORT_S`.
+segment (a short queue; a segment that finds it full gets none, and is counted) and a
+preview clip of each stretch's busiest segment, take photos and voice notes dropped into
+the inbox, keep the media folder inside its quota (``retention.py``: evictions follow
+the centre's acknowledgements heard on the bus), and publish each recorder's state on
+change and every :data:`REPORT_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -22,23 +26,28 @@ from edge import bus, topics
 from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
 from edge.errors import EdgeUnavailable, KitError
-from edge.item import Kind
+from edge.item import Kind, decode
 from edge.service import run_service
+from media.clips import ClipError, ClipMaker
 from media.config import MediaConfig
 from media.durable import DiskFull
+from media.inbox import Inbox
 from media.ingest import Recorder
-from media.photos import PhotoInbox, PhotoIntake
+from media.photos import PhotoIntake
+from media.retention import Retention
 from media.segments import Clock, Pending, SegmentFolder, system_clock
 from media.thumbs import Thumbnailer, ThumbPolicy
+from media.voice import VoiceIntake
 
 log = logging.getLogger("media")
 
 REPORT_S = 10.0  # recorder states are published this often, and on every change
+EVICT_S = (5.0, 60.0)  # the quota is checked at most / at least this often
 RETRY_S = (0.5, 30.0)  # back-off while the edge does not answer: first and longest wait
 THUMB_BACKLOG = 4  # segments waiting for thumbnails; a slow CPU skips rather than piles up
 
 
-PHOTO_SCAN_S = 5.0  # how often the photo inbox is looked at (a copied file settles in 2 s)
+INBOX_SCAN_S = 5.0  # how often the inbox is looked at (a copied file settles in 2 s)
 
 
 class MediaService:
@@ -60,14 +69,19 @@ class MediaService:
         self.thumbnails = 0  # thumbnails filed
         self.thumbs_dropped = 0  # segments that got no thumbnails: the backlog was full
         self.photos = 0  # full photos filed
-        self.inbox: PhotoInbox | None = None
+        self.voice_notes = 0  # voice notes filed (their narrow-link copy)
+        self.previews = 0  # preview clips filed
+        self.inbox: Inbox | None = None
         if media.photo_inbox:
-            intake = PhotoIntake(config.media_dir, clock=clock)
-            self.inbox = PhotoInbox(config.paths.data_dir / "inbox", intake)
+            photos = PhotoIntake(config.media_dir, clock=clock)
+            voice = VoiceIntake(config.media_dir, ffmpeg=media.ffmpeg, clock=clock)
+            self.inbox = Inbox(config.paths.data_dir / "inbox", photos, voice)
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()  # bounded by the disk it indexes
         self._thumb_queue: asyncio.Queue[Pending] = asyncio.Queue(THUMB_BACKLOG)
         self._thumb_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self.retention = Retention(config.media_dir, media.quota_bytes, edge)
+        self._grown = asyncio.Event()  # a file was filed or the centre acknowledged one
         self.folders = {s.name: SegmentFolder(config.media_dir, s.name) for s in media.sources}
         self.recorders = [
             Recorder(
@@ -86,6 +100,12 @@ class MediaService:
             s.name: Thumbnailer(config.media_dir, s.name, policy, ffmpeg=media.ffmpeg)
             for s in media.sources
         }
+        self.clips = {
+            s.name: ClipMaker(
+                config.media_dir, s.name, every_min=media.clip_every_min, ffmpeg=media.ffmpeg
+            )
+            for s in media.sources
+        }
 
     async def _queue_segment(self, pending: Pending) -> None:
         self._queue.put_nowait(pending)
@@ -100,6 +120,7 @@ class MediaService:
             )
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.retention.load)
         for name, folder in self.folders.items():
             for pending in await asyncio.to_thread(folder.recover):
                 log.info("%s: segment %s waits to be filed", name, pending.index.stem)
@@ -110,9 +131,10 @@ class MediaService:
                 self._queue.put_nowait(pending)
         if self.inbox is not None:
             self.inbox.inbox.mkdir(parents=True, exist_ok=True)
-            for pending in await asyncio.to_thread(self.inbox.intake.folder.recover):
-                log.info("photo %s waits to be filed", pending.index.stem)
-                self._queue.put_nowait(pending)
+            for derived in (self.inbox.photos.folder, self.inbox.voice.folder):
+                for pending in await asyncio.to_thread(derived.recover):
+                    log.info("%s waits to be filed", pending.index.stem)
+                    self._queue.put_nowait(pending)
         self._thumb_task = asyncio.create_task(self.make_thumbnails())
         for recorder in self.recorders:
             await recorder.start()
@@ -146,20 +168,49 @@ class MediaService:
                 self._thumb_queue.task_done()
             for thumb in made:
                 self._queue.put_nowait(thumb)
+            score = thumbnailer.last_score if made else 0.0  # a corrupt segment: no clip
+            clips = self.clips[_source(pending)]
+            clip = await asyncio.to_thread(clips.offer, path, pending.item, score)
+            if clip is not None:
+                self._queue.put_nowait(clip)
 
-    async def watch_photos(self) -> None:
-        """Every ``PHOTO_SCAN_S``, file the photos dropped into the inbox (thumbnails first)."""
+    async def preview_clip(self, segment_index: Path) -> Pending:
+        """A preview clip of one recorded segment, now (on demand), queued for filing.
+
+        Raises :class:`ClipError` for a segment that is gone (evicted) or unreadable.
+        """
+        try:
+            entry = json.loads(await asyncio.to_thread(segment_index.read_bytes))
+            item = decode(bytes.fromhex(entry["item"]))
+        except (OSError, ValueError, KeyError) as err:
+            raise ClipError(f"没有这个视频段：{err}", f"no such segment: {err}") from err
+        if item.kind is not Kind.VIDEO or item.media is None:
+            raise ClipError(
+                f"{segment_index.name} 不是视频段", f"{segment_index.name} is not a segment"
+            )
+        path = self.media_dir / item.media.path
+        if not path.exists():
+            raise ClipError(f"视频段 {path.name} 已清理", f"segment {path.name} was evicted")
+        made = await asyncio.to_thread(
+            self.clips[_source(Pending(item, segment_index))].clip, path, item
+        )
+        self._queue.put_nowait(made)
+        return made
+
+    async def watch_inbox(self) -> None:
+        """Every ``INBOX_SCAN_S``, file the photos (thumbnails first) and voice notes dropped
+        into the inbox."""
         if self.inbox is None:
             return
         while True:
             try:
                 made = await asyncio.to_thread(self.inbox.scan)
             except (OSError, KitError) as err:  # a full disk, a vanished file: next scan
-                log.warning("photo inbox: %s", err)
+                log.warning("inbox: %s", err)
                 made = []
             for pending in made:
                 self._queue.put_nowait(pending)
-            await asyncio.sleep(PHOTO_SCAN_S)
+            await asyncio.sleep(INBOX_SCAN_S)
 
     async def file_segments(self) -> None:
         """Offer each durable segment's item to the edge until it is accepted."""
@@ -188,6 +239,8 @@ class MediaService:
                 log.error("segment %s not filed: %s", pending.index.stem, err)
                 return
             await self._record_accept(pending, answer["seq"])
+            self.retention.filed(pending.index, answer["seq"])
+            self._grown.set()
             return
 
     async def _record_accept(self, pending: Pending, seq: int) -> None:
@@ -200,13 +253,45 @@ class MediaService:
                 log.error("%s; retrying in %.1f s", err, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_S[1])
-        if pending.item.kind is Kind.VIDEO:
+        kind = pending.item.kind
+        if kind is Kind.VIDEO:
             self.accepted += 1
-        elif pending.item.kind is Kind.PHOTO:
+        elif kind is Kind.PHOTO:
             self.photos += 1
-        else:
+        elif kind is Kind.VOICE:
+            self.voice_notes += 1
+        elif kind is Kind.THUMBNAIL:
             self.thumbnails += 1
+        elif kind is Kind.PREVIEW:
+            self.previews += 1
         log.info("%s %s filed as #%d", pending.item.kind.value, pending.index.stem, seq)
+
+    async def watch_deliveries(self, deliveries: bus.Subscriber) -> None:
+        """Record what the centre acknowledged (``item.delivered``) in the index entries."""
+        while True:
+            _, delivered = await deliveries.receive()
+            assert isinstance(delivered, topics.ItemsDelivered)
+            try:
+                if await asyncio.to_thread(self.retention.delivered, delivered.seqs):
+                    self._grown.set()
+            except KitError as err:  # a full disk: learnt again from the edge at next start
+                log.error("acknowledgements not recorded: %s", err)
+
+    async def keep_quota(self) -> None:
+        """Evict past the quota whenever files or acknowledgements came, at most every 5 s."""
+        caught_up = False
+        while True:
+            try:
+                if not caught_up:
+                    await self.retention.catch_up()
+                    caught_up = True
+                await self.retention.enforce()
+            except (EdgeUnavailable, KitError, OSError) as err:
+                log.warning("disk quota not applied: %s", err)
+            await asyncio.sleep(EVICT_S[0])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._grown.wait(), EVICT_S[1])
+            self._grown.clear()
 
     async def report(self) -> None:
         """Publish every recorder's state on change and every ``REPORT_S``."""
@@ -227,7 +312,9 @@ async def serve(
     config: KitConfig, media: MediaConfig, stop: asyncio.Event, *, clock: Clock = system_clock
 ) -> None:
     edge = AsyncEdgeClient(config.endpoint(RPC_SOCKET), timeout_s=config.edge.rpc_timeout_s)
-    publisher = bus.Publisher(zmq.asyncio.Context.instance(), config.endpoint(bus.PUB_SOCKET))
+    ctx = zmq.asyncio.Context.instance()
+    publisher = bus.Publisher(ctx, config.endpoint(bus.PUB_SOCKET))
+    deliveries = bus.Subscriber(ctx, config.endpoint(bus.SUB_SOCKET), topics.ITEMS_DELIVERED)
     service = MediaService(config, media, edge, publisher, clock=clock)
     if not service.recorders:
         log.warning("没有配置视频源 / no video sources: add [[media.sources]] to the config")
@@ -235,7 +322,9 @@ async def serve(
     tasks = [
         asyncio.create_task(service.file_segments()),
         asyncio.create_task(service.report()),
-        asyncio.create_task(service.watch_photos()),
+        asyncio.create_task(service.watch_inbox()),
+        asyncio.create_task(service.watch_deliveries(deliveries)),
+        asyncio.create_task(service.keep_quota()),
     ]
     try:
         await stop.wait()
@@ -247,6 +336,7 @@ async def serve(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         publisher.close()
+        deliveries.close()
         await edge.close()
 
 

@@ -292,12 +292,14 @@ class Thumbnailer:
         self.budget = PickBudget(policy.per_min)
         self.decoded = 0  # key frames decoded, for the record
         self.skipped = 0  # decoded frames not worth a thumbnail
+        self.last_score = 0.0  # the highest scene score in the last segment looked at
 
     def segment(self, path: Path, parent: Item) -> list[Pending]:
         """Thumbnails of one finished segment; each written durably with its item."""
         start_ms = parent.data.get("start_ms", parent.created_ms)
         assert isinstance(start_ms, int)
         made: list[Pending] = []
+        self.last_score = 0.0
         frames = key_frames(path, every_s=self.policy.every_s, ffmpeg=self.ffmpeg)
         with contextlib.closing(frames):  # stops ffmpeg as soon as the budget is spent
             for at_s, frame in frames:
@@ -306,6 +308,7 @@ class Thumbnailer:
                 if not self.budget.allows(at_ms):
                     break
                 score = self.scorer.score(frame)
+                self.last_score = max(self.last_score, score)
                 if score < self.policy.threshold:
                     self.skipped += 1
                     continue

@@ -96,6 +96,48 @@ def duration_s(path: Path, ffmpeg: str = "ffmpeg") -> float:
         raise VoiceError(f"{path.name} 时长未知", f"{path.name} has no known duration") from None
 
 
+AUDIO_FORMATS = ("wav", "ogg", "mp3", "amr", "m4a", "webm")
+"""Containers of voice recordings, as ffprobe names them (``m4a`` also stands for MP4 and
+3GP, ``webm`` for Matroska): WAV, Ogg (Opus, Vorbis), MP3, AMR, M4A, browsers' WebM."""
+
+
+def sniff_audio(path: Path, ffmpeg: str = "ffmpeg") -> str:
+    """The container ffprobe finds in ``path`` if it is a voice recording, by its content.
+
+    The file's name is not looked at: a recording with any suffix is taken, and a text
+    file called ``note.wav`` is refused. Raises :class:`VoiceError` with the reason.
+    """
+    ffprobe = str(Path(ffmpeg).with_name("ffprobe")) if "/" in ffmpeg else "ffprobe"
+    try:
+        done = subprocess.run(
+            [ffprobe, "-v", "error", "-show_entries",
+             "format=format_name:stream=codec_type:stream_disposition=attached_pic",
+             "-of", "json", "--", str(path)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise VoiceError(f"无法检查录音：{err}", f"cannot check the recording: {err}") from err
+    info = json.loads(done.stdout or "{}") if done.returncode == 0 else {}
+    names = set(str(info.get("format", {}).get("format_name", "")).split(","))
+    streams = info.get("streams", [])
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    video = [
+        s
+        for s in streams
+        if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+    ]
+    found = [name for name in AUDIO_FORMATS if name in names]
+    if not found or not audio or video:
+        with path.open("rb") as f:
+            head = f.read(8).hex()
+        raise VoiceError(
+            f"既不是照片（JPEG、PNG）也不是录音（WAV、Ogg/Opus、M4A、MP3、AMR）（开头为 {head}）",
+            "neither a photo (JPEG, PNG) nor a voice recording (WAV, Ogg/Opus, M4A, MP3, AMR) "
+            f"(starts with {head})",
+        )
+    return found[0]
+
+
 def encode(
     source: Path, final: Path, codec: VoiceCodec, ffmpeg: str = "ffmpeg"
 ) -> durable.FileDigest:

@@ -28,6 +28,7 @@ from media.ingest import Recorder, Status
 from media.process import MediaService, serve
 from sim.drone import SimDrone, clip
 from sim.harness import free_port
+from sim.rtsp import RtspServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -147,6 +148,44 @@ def test_rtmp_push_is_recorded_filed_and_recording_resumes_after_the_stream_drop
     assert isinstance(frames, int) and frames > 0
 
 
+def test_rtsp_pull_is_recorded_and_resumes_when_the_server_comes_back(
+    kit_config: Path, cache: Path
+) -> None:
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/live/drone"
+    media = MediaConfig(sources=[VideoSource(name="drone", kind="rtsp", url=url, segment_s=2)])
+    edge = start_edge(kit_config)
+
+    async def pull() -> Recorder:
+        async with media_service(kit_config, media) as service:
+            (recorder,) = service.recorders
+            server = RtspServer(cache)
+            await server.start(port)
+            try:
+                await until(lambda: recorder.segments >= 2)
+                assert recorder.status is Status.RECORDING and server.sessions == 1
+                await server.close()  # the app stops serving (the drone lands)
+                await until(lambda: recorder.sessions >= 2 and recorder.status is Status.WAITING)
+                before = recorder.segments
+                server = RtspServer(cache)
+                await server.start(port)  # and serves again: the kit pulls again by itself
+                await until(lambda: recorder.segments >= before + 1, timeout=40)
+                assert server.sessions >= 1
+            finally:
+                await server.close()
+            await until(lambda: service.accepted == recorder.segments)
+            return recorder
+
+    try:
+        recorder = asyncio.run(pull())
+    finally:
+        stop(edge)
+    count = assert_every_segment_filed_and_intact(kit_config, "drone")
+    assert count == recorder.segments >= 3
+    first = min((kit_config.parent / "data/media/video/drone").glob("*.ts"))
+    assert 1.5 <= playable_seconds(first) <= 2.5
+
+
 def test_udp_stream_is_recorded_while_a_non_h264_stream_is_refused_with_its_reason(
     kit_config: Path, cache: Path
 ) -> None:
@@ -244,7 +283,9 @@ def test_segments_left_on_disk_are_filed_at_start_once_the_edge_answers(
     assert assert_every_segment_filed_and_intact(kit_config, "drone") == 2
 
 
-def test_a_photo_dropped_in_the_inbox_is_filed_thumbnails_first(kit_config: Path) -> None:
+def test_a_photo_and_a_voice_note_dropped_in_the_inbox_are_filed_small_copies_first(
+    kit_config: Path,
+) -> None:
     edge = start_edge(kit_config)
     inbox = kit_config.parent / "data" / "inbox"
     image = np.zeros((900, 1200, 3), np.uint8)
@@ -254,14 +295,23 @@ def test_a_photo_dropped_in_the_inbox_is_filed_thumbnails_first(kit_config: Path
 
     async def main() -> None:
         async with media_service(kit_config, MediaConfig()) as service:
-            watcher = asyncio.create_task(service.watch_photos())
+            watcher = asyncio.create_task(service.watch_inbox())
             try:
                 photo = inbox / "IMG_0001.jpg"
                 photo.write_bytes(jpeg.tobytes())
                 os.utime(photo, (time.time() - 10, time.time() - 10))  # copied a while ago
                 (inbox / "notes.txt").write_text("不是照片")
                 os.utime(inbox / "notes.txt", (time.time() - 10, time.time() - 10))
-                await until(lambda: service.photos == 1 and service.thumbnails == 2)
+                memo = inbox / "memo.dat"  # a recorder's odd suffix: its content tells
+                subprocess.run(
+                    ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+                     "-i", "sine=frequency=220:duration=2", "-c:a", "aac", "-f", "mp4", str(memo)],
+                    check=True,
+                )  # fmt: skip
+                os.utime(memo, (time.time() - 10, time.time() - 10))
+                await until(
+                    lambda: (service.photos, service.thumbnails, service.voice_notes) == (1, 2, 1)
+                )
             finally:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
@@ -280,8 +330,12 @@ def test_a_photo_dropped_in_the_inbox_is_filed_thumbnails_first(kit_config: Path
         (Kind.THUMBNAIL, "P3"),
         (Kind.THUMBNAIL, "P3"),
         (Kind.PHOTO, "P4"),
+        (Kind.VOICE, "P3"),
+        (Kind.AUDIO, "P4"),
     ]
     assert items[0].parent == items[2].uid and items[1].parent == items[2].uid
+    assert items[4].parent == items[3].uid
+    assert not (inbox / "memo.dat").exists()
     assert not (inbox / "IMG_0001.jpg").exists()  # its durable copy is in the media folder
     assert (inbox / "refused" / "notes.txt").exists()
     assert "notes.txt" not in {p.name for p in inbox.iterdir()}

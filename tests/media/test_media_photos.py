@@ -15,16 +15,17 @@ from hypothesis import strategies as st
 
 from edge.item import Kind, Priority
 from media import durable
+from media.inbox import Inbox
 from media.photos import (
     MAX_PHOTO_BYTES,
     BadExif,
     Exif,
     NotAPhoto,
-    PhotoInbox,
     PhotoIntake,
     exif_of,
 )
 from media.thumbs import FULL_BYTES, NARROW_BYTES
+from media.voice import MAX_UPLOAD_BYTES, VoiceIntake
 
 NOW_MS = 1_790_000_000_000
 
@@ -151,15 +152,31 @@ def test_what_is_not_a_photo_is_refused_with_a_precise_reason(
     assert not (tmp_path / "photos").exists() or not list((tmp_path / "photos").iterdir())
 
 
-def test_an_absurdly_large_upload_is_refused_before_it_is_read(tmp_path: Path) -> None:
+def inbox_of(folder: Path, media_dir: Path) -> Inbox:
+    return Inbox(folder, PhotoIntake(media_dir, clock=clock), VoiceIntake(media_dir, clock=clock))
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        (b"", f"file too large: {2 * 1024**3} bytes (limit {MAX_UPLOAD_BYTES // 1024**2} MB)"),
+        (
+            b"\xff\xd8\xff\xe0",
+            f"photo too large: {2 * 1024**3} bytes (limit {MAX_PHOTO_BYTES // 1024**2} MB)",
+        ),
+    ],
+)
+def test_an_absurdly_large_file_is_refused_before_it_is_read(
+    tmp_path: Path, head: bytes, reason: str
+) -> None:
     big = tmp_path / "inbox" / "huge.jpg"
     big.parent.mkdir()
     with big.open("wb") as f:  # sparse: 2 GB on paper, nothing on disk
+        f.write(head)
         f.truncate(2 * 1024**3)
     os.utime(big, (0, 0))
-    assert PhotoInbox(big.parent, PhotoIntake(tmp_path, clock=clock)).scan() == []
-    reason = (big.parent / "refused" / "huge.jpg.txt").read_text()
-    assert f"photo too large: {2 * 1024**3} bytes (limit {MAX_PHOTO_BYTES // 1024**2} MB)" in reason
+    assert inbox_of(big.parent, tmp_path).scan() == []
+    assert reason in (big.parent / "refused" / "huge.jpg.txt").read_text()
 
 
 def test_a_photo_gives_thumbnails_pointing_at_the_full_photo_all_durable(tmp_path: Path) -> None:
@@ -198,7 +215,71 @@ def test_the_inbox_takes_settled_photos_waits_for_copies_and_sets_aside_the_rest
     (inbox / "IMG_0002.JPG").write_bytes(photo_jpeg(640, 480))
     for name in ("IMG_0001.JPG", "notes.txt"):
         os.utime(inbox / name, (0, 0))
-    made = PhotoInbox(inbox, PhotoIntake(tmp_path / "media", clock=clock)).scan()
+    made = inbox_of(inbox, tmp_path / "media").scan()
     assert [p.item.kind for p in made] == [Kind.THUMBNAIL, Kind.THUMBNAIL, Kind.PHOTO]
     assert sorted(p.name for p in inbox.iterdir()) == ["IMG_0002.JPG", "refused"]
-    assert "not a JPEG or PNG image" in (inbox / "refused" / "notes.txt.txt").read_text()
+    reason = (inbox / "refused" / "notes.txt.txt").read_text()
+    assert reason.startswith("既不是照片（JPEG、PNG）也不是录音")
+    assert "neither a photo (JPEG, PNG) nor a voice recording" in reason
+
+
+# How a camera stores an upright scene for each EXIF orientation (the spec's "0th row,
+# 0th column" table), written independently of media.photos.upright.
+STORED = {
+    1: lambda u: u,
+    2: lambda u: u[:, ::-1],  # row 0 top, column 0 right
+    3: lambda u: u[::-1, ::-1],  # bottom, right
+    4: lambda u: u[::-1, :],  # bottom, left
+    5: lambda u: u.transpose(1, 0, 2),  # left, top
+    6: lambda u: u[:, ::-1].transpose(1, 0, 2),  # right, top: a phone held upright
+    7: lambda u: u[::-1, ::-1].transpose(1, 0, 2),  # right, bottom
+    8: lambda u: u[::-1, :].transpose(1, 0, 2),  # left, bottom
+}
+QUADRANTS = {  # BGR: top left red, top right green, bottom left blue, bottom right white
+    (0, 0): (0, 0, 255),
+    (0, 1): (0, 255, 0),
+    (1, 0): (255, 0, 0),
+    (1, 1): (255, 255, 255),
+}
+
+
+def orientation_block(order: str, value: int) -> bytes:
+    tiff = (b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, 8)
+    entry = struct.pack(order + "HHIH", 0x0112, 3, 1, value) + b"\0\0"
+    return b"Exif\0\0" + tiff + struct.pack(order + "H", 1) + entry + b"\0\0\0\0"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_thumbnails_are_upright_whatever_the_exif_orientation_and_the_photo_is_untouched(
+    tmp_path: Path, orientation: int
+) -> None:
+    upright = np.zeros((240, 320, 3), np.uint8)  # landscape, 4:3
+    for (row, col), colour in QUADRANTS.items():
+        upright[row * 120 : row * 120 + 120, col * 160 : col * 160 + 160] = colour
+    stored = np.ascontiguousarray(STORED[orientation](upright))
+    ok, buf = cv2.imencode(".jpg", stored, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    data = with_exif(bytes(buf.tobytes()), orientation_block("<>"[orientation % 2], orientation))
+    assert exif_of(data).orientation == orientation
+    thumb, narrow, photo = PhotoIntake(tmp_path, clock=clock).take(data, source="web")
+    assert photo.item.media is not None
+    assert (tmp_path / photo.item.media.path).read_bytes() == data  # the original as taken
+    for pending in (thumb, narrow):
+        assert pending.item.media is not None
+        raw = (tmp_path / pending.item.media.path).read_bytes()
+        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        height, width = image.shape[:2]
+        assert width / height == pytest.approx(4 / 3, 0.05), "not turned upright"
+        for (row, col), colour in QUADRANTS.items():
+            h, w = height // 2, width // 2
+            patch = image[
+                row * h + h // 4 : row * h + 3 * h // 4, col * w + w // 4 : col * w + 3 * w // 4
+            ]
+            mean = patch.reshape(-1, 3).mean(axis=0)
+            assert np.abs(mean - colour).max() < 40, (orientation, (row, col), mean)
+
+
+@pytest.mark.parametrize("value", [0, 9, 65535])
+def test_a_meaningless_orientation_leaves_the_pixels_as_stored(value: int) -> None:
+    data = with_exif(photo_jpeg(64, 48), orientation_block("<", value))
+    assert exif_of(data).orientation == 1

@@ -20,6 +20,7 @@ from media.voice import (
     decode,
     duration_s,
     encode,
+    sniff_audio,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,3 +92,74 @@ def test_what_is_not_audio_or_too_long_is_refused_with_the_reason(tmp_path: Path
     assert duration_s(long) == pytest.approx(301.0, abs=0.1)
     with pytest.raises(VoiceError, match=r"voice note too long: 301 s \(limit 300\)"):
         VoiceIntake(tmp_path / "media").take(long, source="web")
+
+
+def amr_note(path: Path, frames: int = 50) -> Path:
+    """An AMR-NB file as Chinese phones record calls and notes (no AMR encoder is installed:
+    12.2 kbit/s frames of silence, written by hand)."""
+    path.write_bytes(b"#!AMR\n" + (bytes([0x3C]) + bytes(31)) * frames)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "container"),
+    [
+        (["-c:a", "pcm_s16le", "-f", "wav"], "wav"),
+        (["-c:a", "libopus", "-f", "ogg"], "ogg"),
+        (["-c:a", "aac", "-f", "mp4"], "m4a"),
+        (["-c:a", "libmp3lame", "-f", "mp3"], "mp3"),
+        (["-c:a", "libopus", "-f", "webm"], "webm"),
+        ([], "amr"),
+    ],
+)
+def test_recordings_are_recognised_by_their_content_not_their_name(
+    tmp_path: Path, args: list[str], container: str
+) -> None:
+    note = tmp_path / "note.jpg"  # a misleading name
+    if args:
+        subprocess.run(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+             "-i", "sine=frequency=300:duration=1", "-ac", "1", *args, str(note)],
+            check=True,
+        )  # fmt: skip
+    else:
+        amr_note(note)
+    assert sniff_audio(note) == container
+
+
+@pytest.mark.parametrize(
+    ("content", "head"),
+    [
+        (b"not a recording at all", "6e6f742061207265"),
+        (b"RIFF\x24\0\0\0WAVEfmt ", "5249464624000000"),  # a WAV header cut short
+    ],
+)
+def test_a_file_named_like_audio_that_is_not_is_refused_with_its_first_bytes(
+    tmp_path: Path, content: bytes, head: str
+) -> None:
+    fake = tmp_path / "note.wav"
+    fake.write_bytes(content)
+    with pytest.raises(VoiceError) as caught:
+        sniff_audio(fake)
+    assert str(caught.value).endswith(
+        "neither a photo (JPEG, PNG) nor a voice recording (WAV, Ogg/Opus, M4A, MP3, AMR) "
+        f"(starts with {head})"
+    )
+
+
+def test_a_video_is_not_taken_as_a_voice_note(tmp_path: Path) -> None:
+    video = tmp_path / "clip.m4a"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc2=size=64x48:duration=1", "-f", "lavfi", "-i", "sine=duration=1",
+         "-c:v", "libx264", "-c:a", "aac", "-f", "mp4", str(video)],
+        check=True,
+    )  # fmt: skip
+    with pytest.raises(VoiceError, match="nor a voice recording"):
+        sniff_audio(video)
+
+
+def test_an_amr_note_from_a_phone_becomes_codec2_and_opus(tmp_path: Path) -> None:
+    voice, audio = VoiceIntake(tmp_path / "media").take(amr_note(tmp_path / "x"), source="folder")
+    assert voice.item.data["codec"] == "codec2-700C" and audio.item.data["codec"] == "opus-16k"
+    assert voice.item.data["duration_ms"] == pytest.approx(1000, abs=40)
