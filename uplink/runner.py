@@ -19,7 +19,7 @@ from uplink import compact, frames
 from uplink.kinds.ip import IpLink
 from uplink.link import FrameLink, Link, LinkDown, LinkRefused
 from uplink.msgseq import MessageSequence
-from uplink.scheduler import Candidate, LinkView, classes_for, plan, usable
+from uplink.scheduler import OVERTAKE_RATIO, Candidate, LinkView, classes_for, plan, usable
 from uplink.transfer import Part, Transfer
 
 log = logging.getLogger("uplink")
@@ -263,8 +263,10 @@ class Uplink:
             bodies[seq] = body
             ready.append(Candidate(seq, Priority(prio), size, source))
         p0: list[Candidate] = []
-        if Priority.P0 in classes:
-            answer = await self.edge.call({"op": "in_flight", "classes": [0], "limit": 64})
+        # P0 in flight goes on every link; P1-P3 may overtake a far slower link.
+        flying = [int(p) for p in classes if p is Priority.P0 or self._overtaking(view, p)]
+        if flying:
+            answer = await self.edge.call({"op": "in_flight", "classes": flying, "limit": 64})
             for seq, prio, size, source, body in answer["items"]:
                 bodies[seq] = body
                 p0.append(
@@ -273,6 +275,17 @@ class Uplink:
                     )
                 )
         return ready, p0, bodies
+
+    def rates(self) -> dict[str, float]:
+        return {link.name: link.rate.value for link in self.links}
+
+    def _overtaking(self, view: LinkView, priority: Priority) -> bool:
+        """Whether any other link is slow enough for ``view``'s link to overtake it."""
+        if priority is Priority.P4:
+            return False
+        return any(
+            r * OVERTAKE_RATIO <= view.rate for n, r in self.rates().items() if n != view.name
+        )
 
     async def _send_once(self, link: Link) -> bool:
         """One send decision on ``link``; True if something went out (ask again at once)."""
@@ -311,7 +324,7 @@ class Uplink:
 
     async def _send_ip(self, link: IpLink, view: LinkView) -> bool:
         ready, p0, bodies = await self._candidates(link, view)
-        chosen = plan(view, ready, p0)
+        chosen = plan(view, ready, p0, self.rates())
         items = {c.seq: decode(bodies[c.seq]) for c in chosen}
         # Media files travel by tus (records follow their files); the rest in one batch.
         plain = [c for c in chosen if items[c.seq].media is None]
@@ -399,7 +412,7 @@ class Uplink:
         # Media crosses a narrow link only inline, and only small previews (a thumbnail,
         # a Codec2 note); anything larger waits for an IP link.
         ready = [c for c in ready if _inline_ok(items[c.seq])]
-        chosen = plan(view, ready, p0)
+        chosen = plan(view, ready, p0, self.rates())
         if not chosen:
             return False
         entries = [(c.seq, items[c.seq]) for c in chosen]

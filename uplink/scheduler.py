@@ -4,18 +4,22 @@ Rules (ARCHITECTURE.md §4):
 - strict priority across P0…P4: a lower class goes only when no higher one fits the link;
 - P0 goes out on every usable link until acknowledged, whatever the budget;
 - fairness within a class: sources take turns (a chatty node cannot starve the others);
-- size, cost and interval limits per link; bulk (P4) only on IP links fast enough for it.
+- size, cost and interval limits per link; bulk (P4) only on IP links fast enough for it;
+- an item in flight only on links far slower than this one goes again here (a thumbnail
+  crawling over Tiantong when 4G comes up must not arrive after its photo).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from edge.item import Priority
 
 # Bulk media goes only where a 1 MB photo takes under about a minute.
 BULK_MIN_RATE = 16_000  # bytes/s
+# An item in flight on links this many times slower than a link may overtake on it.
+OVERTAKE_RATIO = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,21 +90,35 @@ def take_turns(candidates: Iterable[Candidate]) -> list[Candidate]:
     return out
 
 
+def overtakes(link: LinkView, c: Candidate, rates: Mapping[str, float]) -> bool:
+    """``c``, in flight elsewhere, goes on ``link`` too: P0 always; P1–P3 when every link
+    carrying it is at least OVERTAKE_RATIO times slower (bulk resumes by its transfer)."""
+    if link.name in c.sent_on:
+        return False
+    if c.priority is Priority.P0:
+        return True
+    return c.priority is not Priority.P4 and all(
+        rates.get(name, float("inf")) * OVERTAKE_RATIO <= link.rate for name in c.sent_on
+    )
+
+
 def plan(
     link: LinkView,
     ready: Sequence[Candidate],
-    in_flight_p0: Sequence[Candidate] = (),
+    in_flight: Sequence[Candidate] = (),
+    rates: Mapping[str, float] | None = None,
 ) -> list[Candidate]:
     """The items for ``link``'s next send, in order; empty when it should wait.
 
-    ``ready`` are items nobody is sending; ``in_flight_p0`` are P0 items already on other
-    links (they go on this one too unless it already carries them).
+    ``ready`` are items nobody is sending; ``in_flight`` are items already on other links:
+    a P0 goes on this one too unless it already carries it, and an item only on links far
+    slower than this one (``rates``: bytes/s by link name) overtakes here.
     """
     if not usable(link):
         return []
     classes = classes_for(link)
     pool = [c for c in ready if link.name not in c.sent_on]
-    pool += [c for c in in_flight_p0 if c.priority is Priority.P0 and link.name not in c.sent_on]
+    pool += [c for c in in_flight if overtakes(link, c, rates or {})]
     by_class: dict[Priority, list[Candidate]] = {}
     seen: set[int] = set()
     for c in pool:

@@ -169,11 +169,6 @@ def test_over_the_narrow_link_only_the_thumbnails_go_and_the_photo_follows_on_4g
     assert_thumbnails_first(done)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uplink scheduler: a fast link coming up sends P4 while the P3 thumbnails are "
-    "still in flight on the slow link (only P0 is sent on every link)",
-)
 def test_a_photo_stays_behind_its_thumbnails_when_4g_comes_up_mid_transfer(
     tmp_path: Path,
 ) -> None:

@@ -106,3 +106,19 @@ def test_link_without_a_class_never_gets_it() -> None:
         "mesh", classes=frozenset({P.P0, P.P2}), narrow=True, max_item=2000, batch_bytes=200
     )
     assert seqs(plan(mesh, [c(1, P.P1, 20), c(2, P.P2, 20)])) == [2]
+
+
+def test_a_preview_crawling_on_a_slow_link_is_overtaken_on_a_fast_one() -> None:
+    """A thumbnail in flight on Tiantong (1,200 B/s) goes again on 4G, before the photo."""
+    rates = {"tiantong": 1_200.0, "4g": 250_000.0}
+    thumb = c(1, P.P3, 3_000, sent_on=frozenset({"tiantong"}))
+    photo = c(2, P.P4, 2_000_000, source="media")
+    assert seqs(plan(link("4g"), [photo], [thumb], rates)) == [1]
+    # Not on a link only a little faster: that would just spend the bytes twice …
+    assert seqs(plan(link("4g", rate=5_000.0), [photo], [thumb], rates | {"4g": 5_000.0})) == []
+    # … and a report in flight on a fast link is never sent again on a slow one.
+    report = c(3, P.P1, 200, sent_on=frozenset({"4g"}))
+    assert plan(link("tiantong", rate=1_200.0), [], [report], rates) == []
+    # Bulk resumes by its own transfer; it never overtakes.
+    bulk = c(4, P.P4, 2_000_000, sent_on=frozenset({"tiantong"}))
+    assert plan(link("vsat"), [], [bulk], rates) == []
