@@ -16,7 +16,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 import zmq
 import zmq.asyncio
 from hygiene import nothing_left_open, run  # noqa: F401
