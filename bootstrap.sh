@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # System packages the kit and its tests use. Grows as issues land; installed only if missing.
-APT_PACKAGES=(python3 python3-venv sqlite3 ppp gpsd gpsd-clients ffmpeg chromium postgresql mosquitto)
+APT_PACKAGES=(python3 python3-venv sqlite3 ppp gpsd gpsd-clients ffmpeg chromium fonts-wqy-microhei postgresql mosquitto)
 
 say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 die() { printf '错误 / error: %s\n' "$*" >&2; exit 1; }
@@ -65,12 +65,14 @@ case "$cmd" in
         install_system_packages
         setup_venv
         mkdir -p local
-        if [ ! -f local/centre.toml ]; then
-            printf 'listen = "127.0.0.1:8440"\ndata_dir = "centre"\n[[kits]]\nkit_id = 1\nname = "演示套件 / demo kit"\n' \
-                > local/centre.toml
-        fi
         if [ ! -f local/kit.toml ]; then
-            .venv/bin/kit init-config local/kit.toml --centre http://127.0.0.1:8440
+            # The centre's key pair first (the kit trusts it), then the kit's (the centre enrols it).
+            [ -f local/centre.toml ] || printf 'listen = "127.0.0.1:8440"\ndata_dir = "centre"\n' > local/centre.toml
+            centre_key=$(cd local && ../.venv/bin/kit centre keys --profile default --config centre.toml)
+            .venv/bin/kit init-config local/kit.toml --centre http://127.0.0.1:8440 --centre-key "$centre_key"
+            kit_key=$(.venv/bin/kit provision --config local/kit.toml 2>/dev/null)
+            printf '[[kits]]\nkit_id = 1\nname = "演示套件 / demo kit"\nprofile = "default"\npublic_key = "%s"\n' \
+                "$kit_key" >> local/centre.toml
         fi
         say "starting a local command centre on http://127.0.0.1:8440 (log: local/centre.log)"
         (cd local && exec ../.venv/bin/kit centre --config centre.toml) > local/centre.log 2>&1 &

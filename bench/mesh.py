@@ -34,9 +34,9 @@ from edge import bus
 from edge.item import new_item
 from mesh.config import MeshConfig
 from mesh.process import MeshService
-from mesh.radio import DataReceived, Event, MeshRadio
+from mesh.radio import ChannelReport, DataReceived, Event, MeshRadio
 from mesh.relay import LONG_FAST, CentreRelay, FramePort, MeshFrames, on_air_bytes
-from sim.harness import KIT_ID, Kit, centre, centre_items, kit
+from sim.harness import KIT_ID, Kit, centre, centre_items, kit, kit_security
 from sim.meshnet import MeshNet
 from sim.meshradio import Member, SimulatedRadio
 from uplink.frames import MTU_MESH
@@ -109,28 +109,47 @@ def relay_link(port: FramePort, speed: float) -> Any:
     return make(config)
 
 
-async def goodput(speed: float, frames: int) -> dict[str, float]:
-    """Full frames from kit A to kit B, one hop, paced by airtime and the 40 % rule."""
+async def goodput(speed: float, frames: int) -> dict[str, float | None]:
+    """Full frames from kit A to kit B, one hop, paced by airtime and the 40 % rule.
+
+    The channel utilisation is what kit A's radio reported (its own device telemetry, every
+    5 emulated seconds), sampled every emulated second from the end of the first minute
+    (the firmware's figure covers the last minute, so it starts low) to the last frame."""
     net = MeshNet(speed=speed, telemetry_s=5.0)
     heard: list[tuple[float, int]] = []
+    frames_a = MeshFrames(None, None)
+
+    def at_a(event: Event) -> None:
+        if isinstance(event, ChannelReport):
+            frames_a.channel_changed()  # as MeshService does: the link hears it at once
 
     def at_b(event: Event) -> None:
         if isinstance(event, DataReceived):
             heard.append((net.now(), len(event.payload)))
 
     async with AsyncExitStack() as stack:
-        radio_a = await stack.enter_async_context(radio_on(net, KIT_A, lambda _e: None))
+        radio_a = await stack.enter_async_context(radio_on(net, KIT_A, at_a))
         radio_b = await stack.enter_async_context(radio_on(net, KIT_B, at_b))
         net.join(KIT_A, KIT_B)
         await stack.enter_async_context(net)
         await until(lambda: radio_a.online and radio_b.online, 20)
-        port = FramePort(radio_a, 0)
+        port = frames_a.port = FramePort(radio_a, 0)
         await port.start()
         stack.callback(port.close)
         link = relay_link(port, speed)
         await stack.enter_async_context(running(port.run(), link.run()))
         await until(lambda: link.online, 10)
         start = net.now()
+        utilisation: list[float] = []
+
+        async def sample() -> None:
+            await net.sleep(60)
+            while True:
+                if radio_a.channel_utilisation is not None:
+                    utilisation.append(radio_a.channel_utilisation)
+                await net.sleep(1)
+
+        await stack.enter_async_context(running(sample()))
         for i in range(frames):
             await asyncio.sleep(max(0.0, link.next_send_at() - time.monotonic()))
             await link.send(bytes([i % 256]) * MTU_MESH)
@@ -138,6 +157,7 @@ async def goodput(speed: float, frames: int) -> dict[str, float]:
                 util = "?" if link.utilisation is None else f"{link.utilisation:.0f}"
                 say(f"  {i + 1}/{frames} frames sent, radio reports {util} % channel busy")
         await until(lambda: len(heard) >= frames, 120)
+        utilisation = list(utilisation)  # sampled up to the last frame
     seconds = heard[-1][0] - start
     bps = 8 * sum(n for _, n in heard) / seconds
     limit = 8 * MTU_MESH / LONG_FAST.airtime(on_air_bytes(MTU_MESH))
@@ -145,6 +165,10 @@ async def goodput(speed: float, frames: int) -> dict[str, float]:
         "relay_goodput_bps": round(bps, 1),
         "relay_goodput_ratio": round(bps / limit, 3),
         "longfast_limit_bps": round(limit, 1),
+        "channel_util_pct_during_goodput": (
+            round(sum(utilisation) / len(utilisation), 1) if utilisation else None
+        ),
+        "channel_util_pct_max": round(max(utilisation), 1) if utilisation else None,
     }
 
 
@@ -178,6 +202,8 @@ async def report_over_hops(root: Path, url: str, speed: float, hops: int) -> dic
         port_box.append(port)
         relay = CentreRelay(radio_b, url, "mesh", retry_min_s=0.2)
         relay_box.append(relay)
+        security = kit_security(KIT_ID, root / "a-security.sqlite3")
+        stack.callback(security.state.close)
         uplink = Uplink(
             KIT_ID,
             [relay_link(port, speed)],
@@ -186,6 +212,7 @@ async def report_over_hops(root: Path, url: str, speed: float, hops: int) -> dic
             k.media_dir,
             ack_timeouts={"mesh-relay": 300 / speed},
             poll_s=0.2,
+            security=security,
         )
         await stack.enter_async_context(running(port.run(), relay.run(), uplink.run()))
         seq = (await k.edge.accept(new_item("situation", source="web", text=REPORT)))["seq"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import aiosqlite
+if TYPE_CHECKING:
+    from centre.db import Conn
 
-MAX_SEQ = 2**63 - 1  # SQLite INTEGER
+MAX_SEQ = 2**63 - 1  # SQLite INTEGER, PostgreSQL BIGINT
 
 
 def runs(seqs: Iterable[int]) -> list[tuple[int, int]]:
@@ -20,7 +22,7 @@ def runs(seqs: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
-async def add_acked(db: aiosqlite.Connection, kit_id: int, seqs: Iterable[int]) -> None:
+async def add_acked(db: Conn, kit_id: int, seqs: Iterable[int]) -> None:
     """Merge ``seqs`` into the kit's ranges (call inside the transaction that completes them).
 
     Each new run touches only its neighbours through the (kit_id, lo) key, so the cost

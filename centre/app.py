@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from centre import ingest, orders, tus
+from centre import export, ingest, orders, tus
 from centre.config import CentreConfig, build_config, load_config
+from centre.db import StoreUnavailable
 from centre.errors import BadCentreConfig, Refused, UnknownKit
 from centre.frames import FrameGateway
 from centre.keys import CONFIG, STORE, UPLOADS
@@ -24,7 +25,8 @@ from centre.msggw import Terminal, beidou_gateway, sms_gateway
 from centre.store import Store
 from centre.udpgw import UdpServer, serve_udp
 from centre.uploads import Uploads
-from uplink.frames import BadFrame, decode_frame, pack_relay, unpack_relay
+from security.cli import CENTRE_COMMANDS, centre_command, centre_security
+from uplink.frames import BadFrame, pack_relay, unpack_relay
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,19 @@ class Gateways:
 
 
 GATEWAYS = web.AppKey("gateways", Gateways)
+
+
+@dataclass(frozen=True)
+class Role:
+    """What this process does besides serving HTTP: the sole process does everything; of
+    several workers, the parent prepares the store and the first one owns the serial
+    terminals and UDP sockets (a device or port is opened once)."""
+
+    prepare: bool = True  # enrol the configured kits, finish interrupted uploads
+    listeners: bool = True  # open the gateways' UDP sockets and serial terminals; exports
+
+
+ROLE = web.AppKey("role", Role)
 
 
 @web.middleware
@@ -71,11 +86,12 @@ async def _tus_resumable(request: web.Request, response: web.StreamResponse) -> 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    store = await Store.open(config.db_path, config.media_dir)
+    store = await open_store(config)
     try:
-        await store.sync_kits(config.kits)
         uploads = Uploads(store)
-        await uploads.recover()
+        if app[ROLE].prepare:
+            await store.sync_kits(config.kits)
+            await uploads.recover()
         app[STORE] = store
         app[UPLOADS] = uploads
         yield
@@ -87,12 +103,19 @@ async def _gateways(app: web.Application) -> AsyncIterator[None]:
     """Start each configured frame gateway (after the store opens; stopped before it closes)."""
     gateways = Gateways()
     app[GATEWAYS] = gateways
+    security = centre_security(app[CONFIG])
     try:
         for entry in app[CONFIG].gateways:
             gateway = FrameGateway(
-                app[STORE], name=entry.name, mtu=entry.mtu, missing_after_s=entry.missing_after_s
+                app[STORE],
+                name=entry.name,
+                mtu=entry.mtu,
+                missing_after_s=entry.missing_after_s,
+                security=security,
             )
             gateways.by_name[entry.name] = gateway
+            if not app[ROLE].listeners:
+                continue
             if entry.kind == "udp":
                 gateways.udp[entry.name] = await serve_udp(gateway, entry.address)
             elif entry.kind in ("beidou", "sms"):
@@ -109,6 +132,19 @@ async def _gateways(app: web.Application) -> AsyncIterator[None]:
             await server.close()
         for terminal in gateways.terminals.values():
             await terminal.close()
+        security.close()
+
+
+async def _exports(app: web.Application) -> AsyncIterator[None]:
+    """Run the configured exports where the serial terminals run: in one process only."""
+    exports = None
+    if app[ROLE].listeners and app[CONFIG].exports:
+        exports = export.Exports(app[STORE], app[CONFIG].exports)
+    try:
+        yield
+    finally:
+        if exports is not None:
+            await exports.close()
 
 
 async def post_frames(request: web.Request) -> web.Response:
@@ -140,21 +176,34 @@ async def post_frames(request: web.Request) -> web.Response:
     kits: set[int] = set()
     for frame in frames:
         answers += await gateway.handle(frame)
-        with contextlib.suppress(BadFrame):
-            kits.add(decode_frame(frame).kit_id)
+        if gateway.authentic is not None:
+            kits.add(gateway.authentic)
     answers += await gateway.missing(kits)
     return web.Response(body=pack_relay(answers), content_type=FRAMES_TYPE)
 
 
-def make_app(config: CentreConfig) -> web.Application:
+async def open_store(config: CentreConfig) -> Store:
+    return await Store.open(
+        config.db_path,
+        config.media_dir,
+        database=config.database,
+        pool_size=config.database_pool,
+        wait_s=config.database_wait_s,
+    )
+
+
+def make_app(config: CentreConfig, role: Role | None = None) -> web.Application:
     app = web.Application(middlewares=[refusals], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
+    app[ROLE] = role or Role()
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_gateways)
+    app.cleanup_ctx.append(_exports)
     app.on_response_prepare.append(_tus_resumable)
     ingest.add_routes(app)
     orders.add_routes(app)
     tus.add_routes(app)
+    export.add_routes(app)
     app.router.add_post("/v1/frames", post_frames)
     return app
 
@@ -166,6 +215,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8440")
     parser.add_argument("--data", metavar="DIR", type=Path, help="store and media folder")
     parser.add_argument("--config", metavar="FILE", type=Path, help="TOML config file")
+    parser.add_argument(
+        "--database", metavar="URL", help="postgresql://… (default: SQLite in the data folder)"
+    )
+    parser.add_argument(
+        "--workers", metavar="N", type=int, help="worker processes (PostgreSQL only; default 1)"
+    )
     return parser.parse_args(argv)
 
 
@@ -175,21 +230,36 @@ def _config(args: argparse.Namespace) -> CentreConfig:
         overrides["listen"] = args.listen
     if args.data is not None:
         overrides["data_dir"] = args.data
+    if args.database is not None:
+        overrides["database"] = args.database
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     if args.config is not None:
         return load_config(args.config, overrides)
     return build_config(overrides, "command line")
 
 
-async def serve(config: CentreConfig) -> None:
-    """Run until SIGINT or SIGTERM, then let running requests finish and close the store."""
-    stop = asyncio.Event()
+async def serve(
+    config: CentreConfig,
+    *,
+    sock: socket.socket | None = None,
+    role: Role | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGINT or SIGTERM (or ``stop``), then let running requests finish and close
+    the store. A worker serves on ``sock``, the listening socket it shares."""
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(config), shutdown_timeout=10.0)
+    runner = web.AppRunner(make_app(config, role), shutdown_timeout=10.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site: web.BaseSite = (
+            web.TCPSite(runner, config.host, config.port)
+            if sock is None
+            else web.SockSite(runner, sock)
+        )
         await site.start()
         log.info("centre listening on %s, data in %s", runner.addresses, config.data_dir)
         await stop.wait()
@@ -202,6 +272,8 @@ async def serve(config: CentreConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``kit centre``: 0 after a clean stop, 2 for a bad config or command line."""
+    if argv and argv[0] in CENTRE_COMMANDS:
+        return centre_command(argv)
     args = _parse_args(argv)
     try:
         config = _config(args)
@@ -211,9 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if config.workers > 1:
+        from centre.workers import run_workers
+
+        return run_workers(config)
     try:
         asyncio.run(serve(config))
-    except OSError as err:
+    except (OSError, StoreUnavailable) as err:
         print(f"无法启动接收服务：{err} / cannot start the centre: {err}", file=sys.stderr)
         return 1
     return 0

@@ -8,10 +8,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from centre.errors import BadCentreConfig
+from edge.errors import KitError
 from edge.item import MAX_MEDIA_BYTES
+from security.keys import parse_public
 from uplink.frames import MAX_FRAME_BYTES, MIN_MTU
 
 _LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})\Z")
@@ -41,6 +51,30 @@ class KitEntry(BaseModel):
         title="启用",
         description="A disabled kit's items are refused (a lost or stolen kit).",
     )
+    public_key: str = Field(
+        default="",
+        max_length=400,
+        title="设备公钥",
+        description="The kit's public key as `kit provision` printed it (<profile>:<base64>); "
+        "without one the kit's narrow-link frames are refused.",
+    )
+    profile: Literal["default", "national"] = Field(
+        default="default",
+        title="密码配置",
+        description="default: X25519/Ed25519 + ChaCha20-Poly1305; national (国密): SM2 + SM3 "
+        "+ SM4-GCM. Must match the public key's profile.",
+    )
+
+    @model_validator(mode="after")
+    def _check_key(self) -> KitEntry:
+        if self.public_key:
+            try:
+                prof, _ = parse_public(self.public_key)
+            except KitError as err:
+                raise ValueError(f"public_key: {err.en}") from None
+            if prof.name != self.profile:
+                raise ValueError(f"public_key is a {prof.name} key but profile is {self.profile}")
+        return self
 
 
 class GatewayEntry(BaseModel):
@@ -109,6 +143,64 @@ class GatewayEntry(BaseModel):
         return split_listen(self.listen)
 
 
+_EXPORT_URLS = {
+    "mqtt": ("mqtt://",),
+    "webhook": ("http://", "https://"),
+    "cot": ("tcp://", "udp://"),
+}
+
+
+class ExportEntry(BaseModel):
+    """One system the stored items are exported to, in the order they were stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$",
+        title="名称",
+        description="Names the export's cursor (how far it delivered) in the store.",
+    )
+    kind: Literal["mqtt", "webhook", "cot"] = Field(
+        title="类型",
+        description="mqtt: a JSON event per item to an MQTT broker (QoS 1); webhook: signed "
+        "JSON POSTs; cot: Cursor-on-Target events (items with a position) to a TAK server.",
+    )
+    url: str = Field(
+        min_length=8,
+        max_length=500,
+        title="地址",
+        description="mqtt://host:port/topic-prefix, http(s)://… for a webhook, "
+        "tcp://host:port or udp://host:port for CoT.",
+    )
+    secret: str = Field(
+        default="",
+        max_length=200,
+        title="签名密钥",
+        description="webhook: HMAC-SHA256 key; each POST carries X-Kit-Timestamp and "
+        "X-Kit-Signature = sha256=hex(HMAC(key, timestamp + '.' + body)).",
+    )
+    batch: int = Field(
+        default=100, ge=1, le=1000, title="批量", description="Items per delivery at most."
+    )
+    retry_s: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60.0,
+        title="重试间隔",
+        description="Seconds before a failed delivery is tried again; doubled after each "
+        "failure, up to 60.",
+    )
+
+    @model_validator(mode="after")
+    def _check_url(self) -> ExportEntry:
+        schemes = _EXPORT_URLS[self.kind]
+        if not self.url.startswith(schemes):
+            raise ValueError(f"a {self.kind} export's url starts with {' or '.join(schemes)}")
+        if self.kind == "webhook" and not self.secret:
+            raise ValueError("a webhook export needs a secret to sign with")
+        return self
+
+
 class CentreConfig(BaseModel):
     """Everything the centre's ingest service needs to start."""
 
@@ -151,12 +243,70 @@ class CentreConfig(BaseModel):
         title="窄带网关",
         description="Frame gateways of the narrow links (Beidou, SMS, mesh); none by default.",
     )
+    database: str = Field(
+        default="",
+        max_length=1000,
+        pattern=r"^(postgres(ql)?://.*)?$",
+        title="数据库",
+        description="Empty: SQLite in the data folder (one process). A postgresql:// URL: "
+        "the scale-out store that several workers share (the media folder stays in "
+        "data_dir, on storage every worker reaches).",
+    )
+    database_pool: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        title="连接池",
+        description="PostgreSQL connections per worker process.",
+    )
+    database_wait_s: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=120.0,
+        title="数据库等待",
+        description="Seconds a request waits for a PostgreSQL connection before it is refused "
+        "with 503 (the kit retries); while the database is down, requests are refused.",
+    )
+    exports: tuple[ExportEntry, ...] = Field(
+        default=(),
+        max_length=32,
+        title="数据导出",
+        description="MQTT, webhook and Cursor-on-Target exports (GeoJSON is always served at "
+        "GET /v1/export/geojson); run by the first worker, each from its own cursor.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        title="工作进程",
+        description="Worker processes sharing the listening address (needs PostgreSQL when "
+        "more than 1). Serial terminals and UDP gateways run in the first worker.",
+    )
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         split_listen(value)
         return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_need_postgres(cls, workers: int, info: ValidationInfo) -> int:
+        if workers > 1 and not info.data.get("database"):
+            raise ValueError(
+                f"{workers} workers need a PostgreSQL database (database = "
+                '"postgresql://…"; SQLite serves one process only) / 多个工作进程需要 PostgreSQL'
+            )
+        return workers
+
+    @field_validator("exports")
+    @classmethod
+    def _unique_exports(cls, exports: tuple[ExportEntry, ...]) -> tuple[ExportEntry, ...]:
+        names = Counter(e.name for e in exports)
+        twice = sorted(name for name, n in names.items() if n > 1)
+        if twice:
+            raise ValueError(f"export names listed more than once: {twice}")
+        return exports
 
     @field_validator("kits")
     @classmethod
@@ -195,6 +345,14 @@ class CentreConfig(BaseModel):
     @property
     def media_dir(self) -> Path:
         return self.data_dir / "media"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def security_db(self) -> Path:
+        return self.data_dir / "security.sqlite3"
 
 
 def build_config(raw: dict[str, Any], origin: str) -> CentreConfig:

@@ -3,8 +3,11 @@
 One :class:`FrameGateway` serves one narrow link (a Beidou command terminal, an SMS
 modem, a mesh gateway, or frames relayed over IP). For each frame it is given:
 
-1. decode it (:func:`uplink.frames.decode_frame`); a defective frame is logged and dropped;
-2. refuse it unless it comes from an enrolled, enabled kit (logged, nothing kept);
+1. decode, authenticate and decrypt it (:func:`uplink.frames.decode_frame` with the
+   centre's :class:`~security.channel.CentreSecurity`), and take each (message sequence,
+   fragment) of a kit once; a defective, forged, replayed frame or one from a kit that is
+   not enrolled or was revoked is refused, counted and audited;
+2. refuse it unless it comes from an enabled kit (audited, nothing kept);
 3. reassemble fragments (one :class:`~uplink.frames.Reassembler` per gateway);
 4. store a complete ITEMS message in one transaction (inline P3 files included), then
    answer with an ACK message to the kit: first the acknowledged ranges covering the
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from centre.errors import UnknownKit
 from centre.store import Store
 from edge.errors import KitError
+from security.channel import CentreSecurity, Refusal
 from uplink import compact
 from uplink.frames import (
     FRAGMENT_OVERHEAD,
@@ -49,8 +53,6 @@ from uplink.frames import (
     FrameType,
     Reassembler,
     Status,
-    Tagger,
-    Verifier,
     decode_frame,
     fragment,
     pack_missing,
@@ -155,8 +157,9 @@ class FrameGateway:
     """Frames of one narrow link in, stored items and downlink frames out.
 
     ``handle`` and ``missing`` run on the store's event loop; they may interleave.
-    ``tagger``/``verifier`` compute and check the frames' authentication tags (zeros and
-    unchecked until the security layer provides them).
+    ``security`` seals and opens the frames (one for all gateways, so a frame is taken
+    once whichever link it came by); without it frames travel unsealed (tests of the
+    framing alone).
     """
 
     def __init__(
@@ -167,8 +170,7 @@ class FrameGateway:
         mtu: int,
         clock: Callable[[], float] = time.monotonic,
         missing_after_s: float = DEFAULT_MISSING_AFTER_S,
-        tagger: Tagger | None = None,
-        verifier: Verifier | None = None,
+        security: CentreSecurity | None = None,
     ) -> None:
         if not MIN_MTU <= mtu <= MAX_FRAME_BYTES:
             raise ValueError(f"mtu must be {MIN_MTU}..{MAX_FRAME_BYTES}, not {mtu}")
@@ -179,8 +181,10 @@ class FrameGateway:
         self.mtu = mtu
         self.missing_after_s = missing_after_s
         self._clock = clock
-        self._tagger = tagger
-        self._verifier = verifier
+        self.security = security
+        # The kit of the last frame handle() authenticated (None if it refused the frame):
+        # only such a frame should tell a transport where the kit is.
+        self.authentic: int | None = None
         # Partial messages are dropped after an hour without a fragment; a kit that has not
         # re-sent by then has framed its items anew under another message sequence.
         self.reassembler = Reassembler(clock=clock)
@@ -198,10 +202,15 @@ class FrameGateway:
         complete a message are logged (when wrong) and answered with nothing. Only the
         store failing (disk full) raises.
         """
+        self.authentic = None
         try:
-            frame = decode_frame(data, verifier=self._verifier)
+            frame = decode_frame(data, sealer=self.security)
         except BadFrame as err:
-            log.info("%s: dropped a frame (%d bytes): %s", self.name, len(data), err.en)
+            if self.security is None:
+                log.info("%s: dropped a frame (%d bytes): %s", self.name, len(data), err.en)
+            else:
+                kit_id = int.from_bytes(data[1:3], "big") if len(data) >= 3 else None
+                self.security.refuse(err, kit_id=kit_id or None, link=self.name, size=len(data))
             return []
         if frame.downlink:
             log.info(
@@ -211,9 +220,22 @@ class FrameGateway:
                 frame.msg_seq,
             )
             return []
+        if self.security is not None:
+            stale = self.security.fresh(frame)
+            if stale is not None:
+                self.security.refuse(stale, kit_id=frame.kit_id, link=self.name, size=len(data))
+                return []
+        self.authentic = frame.kit_id
         try:
             await self.store.require_kit(frame.kit_id)
         except UnknownKit as err:
+            if self.security is not None:
+                self.security.refuse(
+                    Refusal("disabled", err.zh, err.en),
+                    kit_id=frame.kit_id,
+                    link=self.name,
+                    size=len(data),
+                )
             log.warning("%s: refused a frame of message %d: %s", self.name, frame.msg_seq, err.en)
             return []
         outcome = self.reassembler.add(frame)
@@ -270,7 +292,11 @@ class FrameGateway:
             len(result.waiting),
             len(result.rejected),
         )
-        return await self.ack(kit_id, [e.seq for e in entries]) + await self.orders(kit_id)
+        try:
+            return await self.ack(kit_id, [e.seq for e in entries]) + await self.orders(kit_id)
+        except Refusal as err:  # revoked since the frame was opened: nothing more goes to it
+            log.warning("%s: no answer to kit %d: %s", self.name, kit_id, err.en)
+            return []
 
     async def orders(self, kit_id: int) -> list[bytes]:
         """ORDER messages for the kit's orders due: one per answer (a narrow link is slow),
@@ -316,7 +342,7 @@ class FrameGateway:
         """Frame a downlink message under a new message sequence, and remember it."""
         msg_seq = await self._next_seq(kit_id)
         pieces = fragment(
-            kit_id, msg_seq, payload, self.mtu, ftype=ftype, downlink=True, tagger=self._tagger
+            kit_id, msg_seq, payload, self.mtu, ftype=ftype, downlink=True, sealer=self.security
         )
         if len(pieces) > 1:
             self._sent[(kit_id, msg_seq)] = pieces
@@ -371,7 +397,10 @@ class FrameGateway:
                 list(pending.missing),
                 pending.count,
             )
-            out += await self._send(pending.kit_id, FrameType.MISSING, payload)
+            try:
+                out += await self._send(pending.kit_id, FrameType.MISSING, payload)
+            except Refusal as err:
+                log.info("%s: not asking kit %d: %s", self.name, pending.kit_id, err.en)
         self._forget_finished(alive)
         return out
 

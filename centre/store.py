@@ -6,6 +6,12 @@ with the record's sha256 and size are stored, in whichever order they arrive. On
 complete items appear in :meth:`Store.acked_ranges`, so the kit keeps offering whatever
 half is missing. The step that completes an item also adds its seq to the ranges, in the
 same transaction.
+
+The same store runs on SQLite (the default: one process, nothing to set up) or on
+PostgreSQL (several worker processes sharing it); :mod:`centre.db` holds the difference.
+Every transaction that changes a kit's items, acks, media or orders first takes that
+kit's lock, so concurrent workers store each (kit, seq) once (the primary key refuses a
+second row) and keep its acked ranges whole.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from typing import Protocol
 import aiosqlite
 
 from centre.acks import add_acked
+from centre.db import Conn, Database, PgDatabase, SqliteDatabase, is_postgres_url, redact
 from centre.errors import UnknownKit
-from centre.schema import DDL, SCHEMA_VERSION
+from centre.schema import DDL, SCHEMA_VERSION, ddl
+from centre.schema import sql_type as column_type
 from edge.item import Item, Kind, MediaRef, decode, encode
 from uplink.compact import narrow_key, pack_item
 from uplink.frames import Order
@@ -86,6 +94,15 @@ class Ingested:
     rejected: tuple[tuple[int, str], ...]  # seq and the reason, for the kit
 
 
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One item of the export feed: its position, its kit's name, the item as stored."""
+
+    feed_id: int
+    kit_name: str
+    stored: StoredItem
+
+
 class Attached(Enum):
     """What became of a complete upload's file."""
 
@@ -96,25 +113,37 @@ class Attached(Enum):
 
 
 class Store:
-    """SQLite (WAL, synchronous=FULL) plus the media folder. Open with :meth:`open`."""
+    """The database (SQLite with WAL and synchronous=FULL, or PostgreSQL) plus the media
+    folder. Open with :meth:`open`."""
 
-    def __init__(self, db: aiosqlite.Connection, media_dir: Path) -> None:
-        self._db = db
+    def __init__(self, db: Database, media_dir: Path) -> None:
+        self.db = db
         self.media_dir = media_dir
-        # One connection: statements of concurrent requests must not interleave in a
-        # transaction, and reads must not see another request's uncommitted rows.
-        self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, db_path: Path, media_dir: Path) -> Store:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+    async def open(
+        cls,
+        db_path: Path,
+        media_dir: Path,
+        *,
+        database: str = "",
+        pool_size: int = 8,
+        wait_s: float = 5.0,
+    ) -> Store:
+        """The SQLite store at ``db_path``, or the PostgreSQL one at URL ``database``
+        (``pool_size`` connections; a request waits up to ``wait_s`` for one)."""
         media_dir.mkdir(parents=True, exist_ok=True)
+        if is_postgres_url(database):
+            return cls(await _open_pg(database, pool_size, wait_s), media_dir)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(db_path, isolation_level=None)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.executescript(DDL)
+            await _add_delivery_columns(db)
+            await _add_feed_column(db)
             await db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
@@ -125,29 +154,24 @@ class Store:
         except BaseException:
             await db.close()
             raise
-        return cls(db, media_dir)
+        return cls(SqliteDatabase(db, str(db_path)), media_dir)
 
     async def close(self) -> None:
-        await self._db.close()
+        await self.db.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; committed (fsynced) when the block ends without error."""
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                await self._db.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT (disk full): the next BEGIN must not find one open.
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
-                raise
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """One write transaction; committed (fsynced) when the block ends without error.
+
+        On PostgreSQL a lost connection raises :class:`~centre.db.StoreUnavailable`
+        (nothing of the transaction is kept)."""
+        async with self.db.transaction() as db:
+            yield db
 
     @asynccontextmanager
-    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            yield self._db
+    async def reading(self) -> AsyncIterator[Conn]:
+        async with self.db.reading() as db:
+            yield db
 
     # -- kits ---------------------------------------------------------------------------
 
@@ -210,6 +234,7 @@ class Store:
         complete: list[int] = []
         dropped: list[str] = []
         async with self.transaction() as db:
+            await db.lock_kit(kit_id)
             await _require_kit(db, kit_id)
             known = await _stored_bodies(db, kit_id, {seq for seq, _, _ in bodies})
             rows: list[tuple[object, ...]] = []
@@ -252,8 +277,9 @@ class Store:
                 else:
                     waiting.append(seq)
             await db.executemany(_INSERT_ITEM, rows)
+            new = set(stored)
             await _take_receipts(
-                db, kit_id, [(seq, item) for seq, item, _ in bodies if seq in stored], link
+                db, kit_id, [(seq, item) for seq, item, _ in bodies if seq in new], link
             )
             await db.executemany(
                 "UPDATE items SET copies = copies + 1 WHERE kit_id = ? AND seq = ?",
@@ -278,12 +304,12 @@ class Store:
         Order(1, target, text)  # the same limits as on the wire, checked before storing
         async with self.transaction() as db:
             await _require_kit(db, kit_id)
-            cur = await db.execute(
-                "INSERT INTO orders(kit_id, target, text, created_ms) VALUES (?, ?, ?, ?)",
+            async with db.execute(
+                "INSERT INTO orders(kit_id, target, text, created_ms) VALUES (?, ?, ?, ?)"
+                " RETURNING order_id",
                 (kit_id, target, text, now_ms()),
-            )
-            order_id = cur.lastrowid
-        assert order_id is not None
+            ) as cur:
+                (order_id,) = await cur.fetchone()
         log.info("order %d for kit %d (%s): %s", order_id, kit_id, target or "kit", text)
         return Order(order_id, target, text)
 
@@ -306,6 +332,7 @@ class Store:
             rows = list(await cur.fetchall())
         if rows:
             async with self.transaction() as db:
+                await db.lock_kit(kit_id)  # receipts update these rows too: no deadlock
                 await db.executemany(
                     "UPDATE orders SET sent = sent + 1, last_sent_ms = ? WHERE order_id = ?",
                     [(now, row[0]) for row in rows],
@@ -318,7 +345,8 @@ class Store:
             self.reading() as db,
             db.execute(
                 "SELECT order_id, target, text, created_ms, sent, last_sent_ms, receipt_ms,"
-                " receipt_link FROM orders WHERE kit_id = ? ORDER BY order_id DESC",
+                " receipt_link, delivered_ms, delivered_to, delivery_error"
+                " FROM orders WHERE kit_id = ? ORDER BY order_id DESC",
                 (kit_id,),
             ) as cur,
         ):
@@ -330,6 +358,10 @@ class Store:
                 "state": "delivered" if row[6] is not None else ("sent" if row[4] else "queued"),
                 "receipt_ms": row[6],
                 "receipt_link": row[7],
+                # The member (or ^all) the kit's radio got the order to, by the mesh's ACK.
+                "delivered_ms": row[8],
+                "delivered_to": row[9],
+                "delivery_error": row[10],  # the kit gave up: the mesh's reason
             }
             for row in rows
         ]
@@ -359,6 +391,72 @@ class Store:
             await asyncio.to_thread(_write_file, self.media_dir / path, blob)
             out[seq] = (path, len(blob), sha256)
         return out
+
+    # -- the export feed ----------------------------------------------------------------
+
+    async def sequence_feed(self, limit: int = 1000) -> int:
+        """Give stored items not yet in the export feed (new, upgraded, or now with their
+        file) the next feed positions; how many it numbered.
+
+        Only committed items are numbered, one numbering at a time (whichever worker), so
+        a reader's cursor (the last position it took) never skips an item; rows an ingest
+        holds are left for the next call, so ingest never waits for it.
+        """
+        async with self.transaction() as db:
+            await db.lock_feed()
+            async with db.execute(
+                "SELECT kit_id, seq FROM items WHERE feed_id IS NULL"
+                " ORDER BY received_ms, kit_id, seq LIMIT ?" + db.skip_locked,
+                (limit,),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            if not rows:
+                return 0
+            async with db.execute("SELECT COALESCE(MAX(feed_id), 0) FROM items") as cur:
+                (top,) = await cur.fetchone()
+            await db.executemany(
+                "UPDATE items SET feed_id = ? WHERE kit_id = ? AND seq = ?",
+                [(top + n, kit, seq) for n, (kit, seq) in enumerate(rows, 1)],
+            )
+        return len(rows)
+
+    async def feed(self, after: int, limit: int) -> list[FeedEntry]:
+        """Up to ``limit`` items of the export feed past position ``after``, in order."""
+        async with (
+            self.reading() as db,
+            db.execute(
+                "SELECT i.feed_id, k.name, i.kit_id, i.seq, i.body, i.received_ms, i.link,"
+                " i.copies, i.media_path FROM items i JOIN kits k ON k.kit_id = i.kit_id"
+                " WHERE i.feed_id > ? ORDER BY i.feed_id LIMIT ?",
+                (after, limit),
+            ) as cur,
+        ):
+            rows = await cur.fetchall()
+        return [
+            FeedEntry(
+                int(feed_id),
+                str(name),
+                StoredItem(kit, seq, decode(bytes(body)), received, link, copies, media_path),
+            )
+            for feed_id, name, kit, seq, body, received, link, copies, media_path in rows
+        ]
+
+    async def export_cursor(self, name: str) -> int:
+        """The last feed position export ``name`` delivered (0 before the first)."""
+        async with (
+            self.reading() as db,
+            db.execute("SELECT value FROM meta WHERE key = ?", (f"export_cursor:{name}",)) as cur,
+        ):
+            row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def set_export_cursor(self, name: str, position: int) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO meta VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (f"export_cursor:{name}", str(position)),
+            )
 
     async def acked_ranges(self, kit_id: int) -> list[tuple[int, int]]:
         """Inclusive ranges of the kit's complete items, in order (what the kit may forget)."""
@@ -394,9 +492,13 @@ class Store:
         """
         key = f"downlink_msg_seq:{kit_id}"
         async with self.transaction() as db:
-            async with db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            # The row exists before it is locked, so two workers never both start at 1.
+            await db.execute("INSERT INTO meta VALUES (?, '1') ON CONFLICT(key) DO NOTHING", (key,))
+            async with db.execute(
+                "SELECT value FROM meta WHERE key = ?" + db.for_update, (key,)
+            ) as cur:
                 row = await cur.fetchone()
-            start = 1 if row is None else int(row[0])
+            start = int(row[0])
             end = min(start + max(count, 0), MAX_MSG_SEQ + 1)
             if end > start:
                 await db.execute(
@@ -417,6 +519,7 @@ class Store:
         record is already here the item becomes complete and acknowledged.
         """
         async with self.transaction() as db:
+            await db.lock_kit(kit_id)  # against an ingest of the record in another worker
             async with db.execute(
                 "SELECT body FROM items WHERE kit_id = ? AND seq = ?", (kit_id, seq)
             ) as cur:
@@ -441,7 +544,7 @@ class Store:
             if record is None:
                 return Attached.WAITING
             await db.execute(
-                "UPDATE items SET media_path = ? WHERE kit_id = ? AND seq = ?",
+                "UPDATE items SET media_path = ?, feed_id = NULL WHERE kit_id = ? AND seq = ?",
                 (path, kit_id, seq),
             )
             await add_acked(db, kit_id, [seq])
@@ -452,13 +555,13 @@ class Store:
             (self.media_dir / rel).unlink(missing_ok=True)
 
 
-async def _kit(db: aiosqlite.Connection, kit_id: int) -> Kit | None:
+async def _kit(db: Conn, kit_id: int) -> Kit | None:
     async with db.execute("SELECT name, enabled FROM kits WHERE kit_id = ?", (kit_id,)) as cur:
         row = await cur.fetchone()
     return None if row is None else Kit(kit_id, row[0], bool(row[1]))
 
 
-async def _require_kit(db: aiosqlite.Connection, kit_id: int) -> Kit:
+async def _require_kit(db: Conn, kit_id: int) -> Kit:
     kit = await _kit(db, kit_id)
     if kit is None:
         raise UnknownKit(f"设备 {kit_id} 未登记", f"kit {kit_id} is not enrolled")
@@ -476,7 +579,8 @@ _INSERT_ITEM = (
 
 _UPGRADE_ITEM = (
     "UPDATE items SET uid = ?, kind = ?, priority = ?, created_ms = ?, clock_ok = ?,"
-    " source = ?, text = ?, lat = ?, lon = ?, alt = ?, data = ?, body = ?"
+    " source = ?, text = ?, lat = ?, lon = ?, alt = ?, data = ?, body = ?,"
+    " feed_id = NULL"  # exported again, as the better copy
     " WHERE kit_id = ? AND seq = ?"
 )
 
@@ -508,10 +612,13 @@ def _fidelity(item: Item) -> tuple[bool, bool]:
 
 
 async def _take_receipts(
-    db: aiosqlite.Connection, kit_id: int, items: Sequence[tuple[int, Item]], link: str
+    db: Conn, kit_id: int, items: Sequence[tuple[int, Item]], link: str
 ) -> None:
     """A kit's receipt item closes the order it names (the first receipt counts); the
-    link recorded is the one the order reached the kit by, as the receipt says."""
+    link recorded is the one the order reached the kit by, as the receipt says.
+
+    A mesh delivery receipt (``data.member`` and ``data.delivered``) also records that the
+    member got it (the first delivery counts), or why the kit gave up, until delivered."""
     for _, item in items:
         order_id = item.data.get("order_id") if item.kind is Kind.RECEIPT else None
         if isinstance(order_id, int) and not isinstance(order_id, bool):
@@ -521,6 +628,88 @@ async def _take_receipts(
                 " WHERE order_id = ? AND kit_id = ? AND receipt_ms IS NULL",
                 (item.created_ms, via if isinstance(via, str) else link, order_id, kit_id),
             )
+            member, delivered = item.data.get("member"), item.data.get("delivered")
+            if not isinstance(member, str) or not isinstance(delivered, bool):
+                continue
+            if delivered:
+                await db.execute(
+                    "UPDATE orders SET delivered_ms = ?, delivered_to = ?, delivery_error = NULL"
+                    " WHERE order_id = ? AND kit_id = ? AND delivered_ms IS NULL",
+                    (item.created_ms, member, order_id, kit_id),
+                )
+            else:
+                error = item.data.get("error")
+                await db.execute(
+                    "UPDATE orders SET delivery_error = ?"
+                    " WHERE order_id = ? AND kit_id = ? AND delivered_ms IS NULL",
+                    (error if isinstance(error, str) else "FAILED", order_id, kit_id),
+                )
+
+
+_DELIVERY_COLUMNS = (
+    ("delivered_ms", "INTEGER"),
+    ("delivered_to", "TEXT"),
+    ("delivery_error", "TEXT"),
+)
+
+
+async def _add_delivery_columns(db: aiosqlite.Connection) -> None:
+    """The orders' mesh delivery columns, added to a store made before they existed."""
+    async with db.execute("PRAGMA table_info(orders)") as cur:
+        have = {row[1] for row in await cur.fetchall()}
+    for name, sql_type in _DELIVERY_COLUMNS:
+        if name not in have:
+            try:
+                await db.execute(f"ALTER TABLE orders ADD COLUMN {name} {sql_type}")
+            except aiosqlite.OperationalError as err:  # another worker added it just now
+                if "duplicate column" not in str(err):
+                    raise
+
+
+# The export feed's position; NULL until numbered (see Store.sequence_feed).
+_FEED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS items_feed ON items(feed_id);\n"
+    "CREATE INDEX IF NOT EXISTS items_unsequenced ON items(received_ms) WHERE feed_id IS NULL;\n"
+)
+
+
+async def _add_feed_column(db: aiosqlite.Connection) -> None:
+    """The items' feed position, added to a SQLite store made before it existed."""
+    async with db.execute("PRAGMA table_info(items)") as cur:
+        have = {row[1] for row in await cur.fetchall()}
+    if "feed_id" not in have:
+        await db.execute("ALTER TABLE items ADD COLUMN feed_id INTEGER")
+    await db.executescript(_FEED_INDEXES)
+
+
+async def _open_pg(url: str, pool_size: int, wait_s: float) -> PgDatabase:
+    """The PostgreSQL store at ``url``: its schema made or checked (once, whichever worker
+    comes first), the orders' delivery columns added as on SQLite."""
+    db = await PgDatabase.connect(url, pool_size=pool_size, wait_s=wait_s)
+    try:
+        columns = "".join(
+            f"ALTER TABLE orders ADD COLUMN IF NOT EXISTS {name} {column_type(t, 'postgresql')};\n"
+            for name, t in _DELIVERY_COLUMNS
+        )
+        await db.serialised(
+            ddl("postgresql")
+            + columns
+            + "ALTER TABLE items ADD COLUMN IF NOT EXISTS feed_id BIGINT;\n"
+            + _FEED_INDEXES
+            + f"INSERT INTO meta VALUES ('schema', '{SCHEMA_VERSION}') ON CONFLICT DO NOTHING;"
+        )
+        async with (
+            db.reading() as conn,
+            conn.execute("SELECT value FROM meta WHERE key = 'schema'") as cur,
+        ):
+            row = await cur.fetchone()
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            raise RuntimeError(f"centre store schema {row} is not {SCHEMA_VERSION}")
+    except BaseException:
+        await db.close()
+        raise
+    log.info("centre store on PostgreSQL %s", redact(url))
+    return db
 
 
 def _same_item(seq: int, a: Item, b: Item) -> bool:
@@ -539,14 +728,14 @@ def _same_item(seq: int, a: Item, b: Item) -> bool:
 
 
 async def _link_inline(
-    db: aiosqlite.Connection, kit_id: int, seq: int, ref: MediaRef, file: tuple[str, int, str]
+    db: Conn, kit_id: int, seq: int, ref: MediaRef, file: tuple[str, int, str]
 ) -> str | None:
     """Record an inline file for a record with no file yet; its path if it matches ``ref``."""
     path, size, sha256 = file
     if not _media_matches(ref, sha256, size):
         return None
     await db.execute(
-        "INSERT OR IGNORE INTO media_files VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO media_files VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (kit_id, seq, path, size, sha256, INLINE_UPLOAD_ID, now_ms()),
     )
     async with db.execute(
@@ -604,7 +793,7 @@ def _item_row(
 
 
 async def _stored_bodies(
-    db: aiosqlite.Connection, kit_id: int, seqs: set[int]
+    db: Conn, kit_id: int, seqs: set[int]
 ) -> dict[int, tuple[bytes, str | None]]:
     """(encoding, media path) of those of ``seqs`` the kit already has: one query per 500."""
     found: dict[int, tuple[bytes, str | None]] = {}
@@ -621,7 +810,7 @@ async def _stored_bodies(
 
 
 async def _file_for_record(
-    db: aiosqlite.Connection, kit_id: int, seq: int, item: Item
+    db: Conn, kit_id: int, seq: int, item: Item
 ) -> tuple[str | None, list[str]]:
     """The already-arrived file for a new media record: (its path, []) if it matches.
 

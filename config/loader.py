@@ -112,14 +112,24 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 paths[key] = str((base / value).resolve())
 
 
-def parse(path: Path) -> KitConfig:
-    """The config in ``path``, or :class:`BadConfig` listing every error at once."""
-    raw = _read(path)
-    _resolve_paths(raw, path.parent)
+def read_raw(path: Path) -> dict[str, Any]:
+    """The config file's TOML as written (relative paths kept), or :class:`BadConfig`."""
+    return _read(path)
+
+
+def validate(raw: dict[str, Any], source: Path) -> KitConfig:
+    """``raw`` checked as if it were the file ``source`` (``raw`` itself is left as it is)."""
+    raw = {**raw, "paths": dict(raw["paths"])} if isinstance(raw.get("paths"), dict) else raw
+    _resolve_paths(raw, source.parent)
     try:
         return KitConfig.model_validate(raw)
     except ValidationError as err:
-        raise BadConfig(path, _issues(err)) from None
+        raise BadConfig(source, _issues(err)) from None
+
+
+def parse(path: Path) -> KitConfig:
+    """The config in ``path``, or :class:`BadConfig` listing every error at once."""
+    return validate(_read(path), path)
 
 
 def load(path: Path | None = None) -> Loaded:
@@ -173,7 +183,12 @@ def _defaults() -> dict[str, Any]:
 
 
 def render_default(
-    kit_id: int, name: str, data_dir: str, runtime_dir: str, centre_url: str | None = None
+    kit_id: int,
+    name: str,
+    data_dir: str,
+    runtime_dir: str,
+    centre_url: str | None = None,
+    centre_key: str = "",
 ) -> str:
     """A commented starting config, as written by ``kit init-config``."""
     link = (
@@ -201,12 +216,28 @@ name = "{name}"
 data_dir = "{data_dir}"       # store, media, keys (relative paths: relative to this file)
 runtime_dir = "{runtime_dir}" # sockets of the bus and the edge daemon
 
+[security]               # `kit provision` makes this kit's key pair in <data_dir>/keys
+profile = "default"      # default (X25519 + ChaCha20-Poly1305) or national (SM2/SM3/SM4)
+centre_public_key = "{centre_key}"  # as `kit centre keys` prints it
+
 [edge]
 max_batch = 512          # accepts committed per transaction (group commit)
 reserve_mb = 64          # free space kept for SOS and reports; below it tracks and media wait
 
 [log]
 level = "INFO"
+
+[web]                    # the page on the kit's Wi-Fi: status, reports, team map, configuration
+listen = "0.0.0.0:8080"  # config pages need a login: set it with `kit web-password` (no default)
+max_photo_mb = 20        # largest photo a phone may upload
+max_photos = 4           # photos per report
+# tiles = "map.mbtiles"  # offline map (MBTiles, in the data folder); default: a sample area
+
+[wifi]                   # the kit's access point; the page writes <data_dir>/hostapd.conf
+enabled = false
+# ssid = "KIT-07"
+# passphrase = "8 to 63 characters"
+# channel = 6
 
 # 设备 / devices (kit drivers). KIT_BACKEND=sim runs every device simulated.
 [gnss]

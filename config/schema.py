@@ -162,6 +162,107 @@ class LogSection(Strict):
     )
 
 
+class WebSection(Strict):
+    listen: str = Field(
+        "0.0.0.0:8080",
+        title="网页监听地址 / Web page address",
+        description="host:port the kit's web page listens on (its own Wi-Fi; plain HTTP).",
+        pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$",
+        max_length=262,
+    )
+    max_photo_mb: int = Field(
+        20,
+        title="照片大小上限 / Photo size limit",
+        description="Largest photo a phone may upload, in MB.",
+        ge=1,
+        le=40,
+    )
+    max_photos: int = Field(
+        4,
+        title="每份报告照片数 / Photos per report",
+        description="Most photos attached to one report.",
+        ge=0,
+        le=8,
+    )
+    session_idle_min: int = Field(
+        30,
+        title="登录空闲超时 / Login idle time-out",
+        description="Minutes without activity after which a configuration login ends.",
+        ge=5,
+        le=720,
+    )
+    tiles: Path | None = Field(
+        None,
+        title="离线地图 / Offline map",
+        description="MBTiles file of map tiles; empty: <data folder>/map.mbtiles, else the "
+        "bundled sample area.",
+    )
+
+
+class WifiSection(Strict):
+    """The kit's own access point (hostapd); the web page writes <data folder>/hostapd.conf."""
+
+    enabled: bool = Field(
+        False, title="启用热点 / Access point", description="Run the kit's own Wi-Fi network."
+    )
+    interface: str = Field(
+        "wlan0",
+        title="无线网卡 / Interface",
+        description="Wireless interface hostapd runs on.",
+        pattern=r"^[a-z][a-z0-9]{0,14}$",
+    )
+    ssid: str = Field(
+        "KIT",
+        title="网络名称 / SSID",
+        description="Name of the kit's Wi-Fi network.",
+        min_length=1,
+        max_length=32,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+    )
+    passphrase: str = Field(
+        "",
+        title="无线密码 / Passphrase",
+        description="WPA2 passphrase, 8–63 characters; empty only while the access point is off.",
+        max_length=63,
+        pattern=r"^([\x20-\x7e]{8,63})?$",
+        json_schema_extra={"secret": True},
+    )
+    channel: int = Field(
+        6, title="信道 / Channel", description="2.4 GHz channel (1–13).", ge=1, le=13
+    )
+    country: str = Field(
+        "CN",
+        title="国家代码 / Country code",
+        description="Regulatory domain (ISO 3166 code), e.g. CN.",
+        pattern=r"^[A-Z]{2}$",
+    )
+
+    @model_validator(mode="after")
+    def _passphrase_when_on(self) -> WifiSection:
+        if self.enabled and not self.passphrase:
+            raise ValueError("an access point needs a passphrase of 8-63 characters")
+        return self
+
+
+class SecuritySection(Strict):
+    """Which keys seal the narrow-link frames (`kit provision` makes the kit's key pair)."""
+
+    profile: Literal["default", "national"] = Field(
+        "default",
+        title="密码配置 / Profile",
+        description="default: X25519/Ed25519 + ChaCha20-Poly1305; national (国密): SM2 + SM3 + "
+        "SM4-GCM. `kit provision` makes a key pair of this profile.",
+    )
+    centre_public_key: str = Field(
+        "",
+        title="指挥中心公钥 / Centre public key",
+        description="The centre's public key (<profile>:<base64>) as `kit centre keys` printed "
+        "it; without it narrow-link frames go unsealed and the centre refuses them.",
+        max_length=400,
+        pattern=r"^([a-z]+:[A-Za-z0-9+/=]+)?$",
+    )
+
+
 class KitConfig(Strict):
     """The whole config file."""
 
@@ -209,6 +310,21 @@ class KitConfig(Strict):
         title="媒体 / Media",
         description="Drone video sources recorded on the kit's disk, and the media quota.",
     )
+    web: WebSection = Field(
+        default_factory=lambda: WebSection(),
+        title="网页 / Web page",
+        description="The kit's local web page: status, reports, map and configuration.",
+    )
+    wifi: WifiSection = Field(
+        default_factory=lambda: WifiSection(),
+        title="无线热点 / Wi-Fi",
+        description="The kit's own Wi-Fi access point (hostapd).",
+    )
+    security: SecuritySection = Field(
+        default_factory=lambda: SecuritySection(),
+        title="安全 / Security",
+        description="Sealing of narrow-link frames: profile and the centre's public key.",
+    )
     links: list[LinkConfig] = Field(
         default_factory=list,
         title="链路 / Links",
@@ -231,6 +347,10 @@ class KitConfig(Strict):
     @property
     def store_path(self) -> Path:
         return self.paths.data_dir / "outbox.sqlite3"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.paths.data_dir / "keys"
 
     def endpoint(self, name: str) -> str:
         """The ipc:// endpoint of socket ``name`` under the runtime folder."""

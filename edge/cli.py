@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p = sub.add_parser("uplink", help="只运行上行进程（systemd 用）/ run the uplink alone")
     _config_arg(p)
+    p = sub.add_parser("web", help="只运行本地网页（systemd 用）/ run the kit's web page alone")
+    _config_arg(p)
+    p.add_argument("--listen", help="host:port (default: [web] listen in the config)")
+    p = sub.add_parser("web-password", help="设置网页配置登录密码 / set a web configuration login")
+    _config_arg(p)
+    p.add_argument("--user", default="admin", help="user name (default: admin)")
+    p.add_argument("--stdin", action="store_true", help="read the password from stdin")
     sub.add_parser(
         "centre",
         help="指挥中心接收服务 / run the command centre's ingest (kit centre --help)",
@@ -92,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--runtime-dir", default="run")
     p.add_argument("--centre", metavar="URL", help="add an IP link to this centre URL")
+    p.add_argument("--centre-key", default="", help="the centre's public key (kit centre keys)")
+    p = sub.add_parser("provision", help="生成本机密钥对 / make this kit's key pair")
+    _config_arg(p)
+    p.add_argument("--profile", choices=["default", "national"], help="default: [security]")
+    p = sub.add_parser("wipe-keys", help="销毁本机密钥 / destroy this kit's keys")
+    _config_arg(p)
+    p.add_argument("--yes", action="store_true", help="confirm")
     return parser
 
 
@@ -209,7 +224,45 @@ def _reports_table(s: dict[str, Any]) -> list[str]:
             f"位置 / position   {fix['lat']:.5f}, {fix['lon']:.5f}  "
             f"{fix['satellites']} 颗卫星 / satellites"
         )
+    return lines + _team_lines(s.get("team") or [], time.time())
+
+
+TEAM_SHOWN = 12  # members listed by `kit status`; the rest are counted
+
+
+def _team_lines(team: list[dict[str, Any]], now_s: float) -> list[str]:
+    """The team on the mesh: name, position, when last heard, battery."""
+    if not team:
+        return []
+    lines = [f"队员 / team       {len(team)} 名 / members"]
+    for m in team[:TEAM_SHOWN]:
+        if m["lat"] is None or m["lon"] is None:
+            where = "位置未知 / no position"
+        else:
+            where = f"{m['lat']:.5f}, {m['lon']:.5f}"
+        battery = m["battery_pct"]
+        power = (
+            "电量 ? / battery ?"
+            if battery is None
+            else "外接电源 / powered"
+            if battery > 100
+            else f"电量 / battery {battery} %"
+        )
+        lines.append(f"    {m['name']:<10} {where:<22}  {_ago(m['last_heard_ms'], now_s)}  {power}")
+    if len(team) > TEAM_SHOWN:
+        lines.append(f"    … 另 {len(team) - TEAM_SHOWN} 名 / {len(team) - TEAM_SHOWN} more")
     return lines
+
+
+def _ago(ms: int, now_s: float) -> str:
+    if not ms:
+        return "未收到 / not heard"
+    s = max(0.0, now_s - ms / 1000)
+    if s < 120:
+        return f"{s:.0f} 秒前 / s ago"
+    if s < 7200:
+        return f"{s / 60:.0f} 分钟前 / min ago"
+    return f"{s / 3600:.1f} 小时前 / h ago"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -248,7 +301,9 @@ def cmd_init_config(args: argparse.Namespace) -> int:
     if args.centre and not args.centre.startswith(("http://", "https://")):
         return fail("--centre 需要 http(s):// 地址 / --centre needs an http(s):// URL", EXIT_USAGE)
     args.file.write_text(
-        render_default(args.id, args.name, args.data_dir, args.runtime_dir, args.centre)
+        render_default(
+            args.id, args.name, args.data_dir, args.runtime_dir, args.centre, args.centre_key
+        )
     )
     print(f"已写入 / wrote {args.file}")
     return EXIT_OK
@@ -298,6 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sim":
         return cmd_sim(args)
     config_path = args.config or default_path()
+    if args.command in ("provision", "wipe-keys"):
+        from security import cli as security_cli
+
+        try:
+            kit_config = parse(config_path)
+        except BadConfig as err:
+            return fail(str(err), EXIT_USAGE)
+        if args.command == "provision":
+            return security_cli.provision_main(kit_config, args.profile)
+        return security_cli.wipe_main(kit_config, args.yes)
     if args.command == "edge":
         from edge.daemon import main as edge_main
 
@@ -318,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         from uplink.process import main as uplink_main
 
         return uplink_main(config_path)
+    if args.command == "web":
+        from config.web.server import main as web_main
+
+        return web_main(config_path, args.listen)
+    if args.command == "web-password":
+        from config.web.server import password_main
+
+        return password_main(config_path, args.user, args.stdin)
     if args.command == "run":
         from edge.supervisor import run
 

@@ -83,6 +83,7 @@ class EdgeDaemon:
         self.battery: tuple[float, topics.BatteryLevel] | None = None
         self.fix: tuple[float, topics.PositionFix] | None = None
         self.orders: deque[topics.OrderReceived] = deque(maxlen=RECENT_ORDERS)
+        self.team: tuple[float, topics.TeamRoster] | None = None
 
     async def watch_states(self, sub: bus.Subscriber) -> None:
         """Keep the latest device, link, battery and position reports for ``status``."""
@@ -99,6 +100,8 @@ class EdgeDaemon:
                 self.fix = (now, message)
             elif topic is topics.ORDER_RECEIVED:
                 self.orders.append(message)
+            elif topic is topics.TEAM_ROSTER:
+                self.team = (now, message)
 
     # -- group commit ----------------------------------------------------------------------
 
@@ -359,6 +362,8 @@ class EdgeDaemon:
         def aged(at: float, fields: dict[str, Any]) -> dict[str, Any]:
             return {**fields, "age_s": round(now - at, 1)}
 
+        team_at, team = self.team if self.team is not None else (now, topics.TeamRoster([]))
+
         return {
             "devices": {
                 name: aged(at, dataclasses.asdict(d))
@@ -371,6 +376,9 @@ class EdgeDaemon:
             "battery": None if self.battery is None else aged(*_fields(self.battery)),
             "position": None if self.fix is None else aged(*_fields(self.fix)),
             "orders": [dataclasses.asdict(o) for o in reversed(self.orders)],
+            # age_s: of the mesh process's report, as for devices; last_heard_ms says when
+            # each member was heard.
+            "team": [aged(team_at, m._asdict()) for m in team.members],
         }
 
 
@@ -450,6 +458,7 @@ async def serve(
             topics.BATTERY_LEVEL,
             topics.POSITION_FIX,
             topics.ORDER_RECEIVED,
+            topics.TEAM_ROSTER,
         )
         tasks.append(asyncio.create_task(daemon.watch_states(states)))
         if loaded.safe_mode:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from config.loader import load
+from config.web.restart import take_requests
+
 log = logging.getLogger("kit.run")
 
 # The kit's processes, each a `kit` subcommand. Later issues add uplink, mesh, media, web.
@@ -20,6 +23,7 @@ PROCESSES: dict[str, list[str]] = {
     "drivers": ["drivers"],
     "mesh": ["mesh"],
     "media": ["media"],
+    "web": ["web"],
 }
 
 MAX_BACKOFF_S = 30.0
@@ -54,12 +58,19 @@ def run(config: Path, poll_s: float = 0.5) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     children = [Child(name, args) for name, args in PROCESSES.items()]
+    runtime_dir = load(config).config.paths.runtime_dir
     for child in children:
         _start(child, config)
     while True:
         time.sleep(poll_s)
         if stopping:  # children got the same Ctrl-C: their exit now is no crash
             break
+        restart = take_requests(runtime_dir)  # the web page changed their config
+        for child in children:
+            if child.name in restart and child.proc is not None and child.proc.poll() is None:
+                log.info("restarting %s: its config changed", child.name)
+                child.proc.terminate()
+                child.restarts = 0
         now = time.monotonic()
         for child in children:
             if child.proc is not None and child.proc.poll() is None:

@@ -7,7 +7,7 @@ items never travel on the bus; they are accepted over RPC and kept in the outbox
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -104,6 +104,45 @@ class OrderReceived:
     received_ms: int
 
 
+class TeamMember(NamedTuple):
+    """One member of the team on the kit's mesh, as the kit last heard them.
+
+    A named tuple, not a dataclass: bus messages are encoded flat, and a tuple travels as
+    a CBOR array that :class:`TeamRoster` turns back into a member.
+    """
+
+    node: str  # "!a1b2c3d4"
+    name: str  # the long name, else the short name, else the node id
+    short: str  # the short name; "" when unknown
+    lat: float | None
+    lon: float | None
+    position_ms: int | None  # Unix ms of that position (the handheld's GPS time when sent)
+    last_heard_ms: int  # Unix ms; 0: only known from the radio's node list, not heard yet
+    battery_pct: int | None  # 101: on external power (Meshtastic's convention)
+    snr: float | None  # dB of the last packet heard from it (its last hop)
+
+
+@dataclass(frozen=True, slots=True)
+class TeamRoster:
+    """Everyone on the kit's team mesh, the most recently heard first."""
+
+    members: list[TeamMember]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", [_member(m) for m in self.members])
+
+
+def _member(m: object) -> TeamMember:
+    """A member as it came off the bus (an array of its fields) or as built here."""
+    if isinstance(m, TeamMember):
+        return m
+    if isinstance(m, dict):
+        return TeamMember(**m)
+    if isinstance(m, list | tuple):
+        return TeamMember(*m)
+    raise TypeError(f"a team member is not a {type(m).__name__}")
+
+
 ITEM_ACCEPTED = Topic("item.accepted", ItemAccepted)
 ITEMS_DELIVERED = Topic("item.delivered", ItemsDelivered)
 LINK_STATE = Topic("link.state", LinkState)
@@ -113,6 +152,7 @@ SAFE_MODE = Topic("kit.safe_mode", SafeMode)
 DEVICE_STATE = Topic("device.state", DeviceState)
 POWER_MODE = Topic("power.mode", PowerModeChanged)
 ORDER_RECEIVED = Topic("order.received", OrderReceived)
+TEAM_ROSTER = Topic("mesh.team", TeamRoster)
 
 ALL: tuple[Topic[object], ...] = (
     ITEM_ACCEPTED,
@@ -124,5 +164,6 @@ ALL: tuple[Topic[object], ...] = (
     DEVICE_STATE,
     POWER_MODE,
     ORDER_RECEIVED,
+    TEAM_ROSTER,
 )  # type: ignore[assignment]
 BY_NAME: dict[str, Topic[object]] = {t.name: t for t in ALL}

@@ -121,6 +121,23 @@ class MeshConfig(BaseModel):
         ge=4,
         le=10_000,
     )
+    order_ack_timeout_s: float = Field(
+        180.0,
+        title="指令确认超时 / Order acknowledgement timeout",
+        description="An order sent to a member (or the channel) that the mesh has neither "
+        "acknowledged nor refused in this time counts as a failed try. The radio itself "
+        "retries a packet 3 times before it refuses it.",
+        ge=1.0,
+        le=3600.0,
+    )
+    order_tries: int = Field(
+        3,
+        title="指令发送次数 / Order tries",
+        description="Times the kit sends an order to a member before it reports the order "
+        "undeliverable to the centre (each try is up to 4 transmissions by the radio).",
+        ge=1,
+        le=10,
+    )
 
     @model_validator(mode="after")
     def _backoff_in_order(self) -> MeshConfig:

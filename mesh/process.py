@@ -6,6 +6,13 @@ in-memory hand-over queue until the edge daemon has them on disk: while the edge
 they are retried with a growing delay, the most urgent first. The queue is bounded (a
 radio can outtalk a dead edge for hours); on overflow the least urgent oldest item is
 dropped and logged, and a newer track of a member replaces the one still waiting.
+
+The centre's orders for the team or a member go out with ``want_ack``: the member's
+routing ACK (for the channel: the radio's implicit ACK) files a P1 delivery receipt for
+the centre (:func:`delivery_receipt`); a NAK or no answer in ``order_ack_timeout_s`` sends
+the order again, up to ``order_tries`` times, then the receipt says why it failed. The
+team roster goes on the bus (``mesh.team``) when it changes, at most every
+:data:`TEAM_MIN_S`, and every :data:`TEAM_EVERY_S`, for ``kit status`` and the web page.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq.asyncio
 
@@ -24,13 +33,15 @@ from edge import bus, topics
 from edge.client import AsyncEdgeClient, EdgeRefused
 from edge.daemon import RPC_SOCKET
 from edge.errors import BadItem
-from edge.item import Item, Kind
+from edge.item import DataValue, Item, Kind, new_item
 from edge.service import run_service
 from mesh.config import MeshConfig
 from mesh.radio import (
     BROADCAST,
     MAX_PAYLOAD,
+    AckReceived,
     BadDownlink,
+    ChannelReport,
     DataReceived,
     Event,
     MeshRadio,
@@ -40,6 +51,7 @@ from mesh.radio import (
 )
 from mesh.relay import CentreRelay, FramePort, MeshFrames
 from mesh.reports import position_item, text_item
+from mesh.roster import team_roster
 
 log = logging.getLogger("mesh")
 
@@ -48,6 +60,36 @@ ORDER_RETRY_S = 10.0
 REPORT_S = 10.0  # the radio's state is published this often, and on every change
 RETRY_FIRST_S = 0.5  # first wait after the edge did not answer; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 30.0
+TEAM_MIN_S = 5.0  # the team roster is published at most this often …
+TEAM_EVERY_S = 30.0  # … and at least this often
+EARLY_ACKS = 64  # the mesh's answers kept for a packet id the kit has not noted yet
+
+
+@dataclass(slots=True)
+class OrderTry:
+    """An order for the team or a member on its way over the mesh, and how often it was sent."""
+
+    order: topics.OrderReceived
+    tries: int = 0
+
+
+def delivery_receipt(attempt: OrderTry, delivered: bool, error: str = "") -> Item:
+    """The P1 receipt telling the centre an order reached its member (or the channel), or not.
+
+    ``data``: ``order_id``, ``link`` (how the order reached the kit), ``member`` (``^all``
+    or ``!a1b2c3d4``), ``delivered``; when not delivered also ``error`` (the mesh's routing
+    error, ``TIMEOUT`` or ``BAD_DESTINATION``) and ``tries``.
+    """
+    order = attempt.order
+    data: dict[str, DataValue] = {
+        "order_id": order.order_id,
+        "link": order.link,
+        "member": order.target,
+        "delivered": delivered,
+    }
+    if not delivered:
+        data |= {"error": error, "tries": attempt.tries}
+    return new_item("receipt", source="mesh", data=data)
 
 
 class Handover:
@@ -98,7 +140,11 @@ class MeshService:
         edge: AsyncEdgeClient,
         publisher: bus.Publisher,
         radio: MeshRadio | None = None,
+        *,
+        team_min_s: float = TEAM_MIN_S,
+        team_every_s: float = TEAM_EVERY_S,
     ) -> None:
+        self.mesh = mesh
         self.edge = edge
         self.publisher = publisher
         self.radio = radio if radio is not None else MeshRadio(mesh)
@@ -108,7 +154,16 @@ class MeshService:
         self.frames = relay_frames(mesh, self.radio)
         self.accepted = 0
         self.orders_sent = 0
-        self.orders_waiting: deque[topics.OrderReceived] = deque(maxlen=ORDERS_WAITING)
+        self.orders_delivered = 0
+        self.orders_failed = 0
+        self.orders_waiting: deque[OrderTry] = deque(maxlen=ORDERS_WAITING)
+        self.team_min_s = team_min_s
+        self.team_every_s = team_every_s
+        self.team_published = 0
+        self._team_changed = asyncio.Event()
+        # Packet id -> (the order's target, the mesh's answer to come).
+        self._acks: dict[int, tuple[str, asyncio.Future[AckReceived]]] = {}
+        self._early_acks: OrderedDict[int, AckReceived] = OrderedDict()
         self.links: dict[str, topics.LinkState] = {}
         self.battery: topics.BatteryLevel | None = None
         self._order_came = asyncio.Event()
@@ -117,17 +172,28 @@ class MeshService:
 
     def _note_change(self) -> None:
         self._changed.set()
+        if self.radio.online and self.orders_waiting:
+            self._order_came.set()  # the radio is back: orders waiting for it go now
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def on_event(self, event: Event) -> None:
         """A member's text or position becomes an item in the hand-over queue."""
         item: Item | None = None
-        if isinstance(event, DataReceived):
+        if not isinstance(event, AckReceived | ChannelReport | DataReceived):
+            self._team_changed.set()  # the roster learnt something
+        if isinstance(event, AckReceived):
+            self._heard_ack(event)
+        elif isinstance(event, ChannelReport):
+            self.frames.channel_changed()
+        elif isinstance(event, DataReceived):
             self.frames.heard(event)
         elif isinstance(event, TextReceived):
             if event.to_kit and is_status_query(event.text):
-                task = asyncio.get_running_loop().create_task(self.reply_status(event.sender))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self.reply_status(event.sender))
                 return
             try:
                 item = text_item(event.text, event.sender, self.radio.roster)
@@ -147,6 +213,9 @@ class MeshService:
         if item is None:
             return
         log.info("%s from %s: %s %s", item.kind.value, item.source, item.priority.name, item.text)
+        self._hand_over(item)
+
+    def _hand_over(self, item: Item) -> None:
         dropped = self.queue.put(item)
         if dropped is not None:
             log.error(
@@ -193,6 +262,22 @@ class MeshService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), REPORT_S)
 
+    async def report_team(self) -> None:
+        """Publish the team roster when it changed (at most every ``team_min_s``) and every
+        ``team_every_s``, until cancelled."""
+        while True:
+            self._team_changed.clear()
+            try:
+                await self.publisher.publish(topics.TEAM_ROSTER, team_roster(self.radio.roster))
+                self.team_published += 1
+            except Exception:
+                log.exception("team roster not published")
+            await asyncio.sleep(self.team_min_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._team_changed.wait(), max(0.0, self.team_every_s - self.team_min_s)
+                )
+
     async def follow_bus(self, sub: bus.Subscriber) -> None:
         """Links and battery (for status replies) and the centre's orders, from the bus."""
         while True:
@@ -204,30 +289,97 @@ class MeshService:
             elif topic is topics.ORDER_RECEIVED and (
                 message.target == BROADCAST or message.target.startswith("!")
             ):
-                self.orders_waiting.append(message)
+                self.orders_waiting.append(OrderTry(message))
                 self._order_came.set()
 
     async def pass_orders(self) -> None:
         """The centre's orders for the team (``^all``) or a member (``!a1b2c3d4``) go out
-        over LoRa; while the radio is away they wait (bounded) and are tried again."""
+        over LoRa; while the radio is away they wait (bounded) and are tried again.
+
+        Each is sent with ``want_ack``; the mesh's answer (:meth:`_await_ack`) decides
+        whether it was delivered, is sent again, or is reported undeliverable.
+        """
         waiting = self.orders_waiting
         while True:
             self._order_came.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._order_came.wait(), ORDER_RETRY_S if waiting else None)
             while waiting:
-                order = waiting[0]
+                attempt = waiting[0]
+                order = attempt.order
                 try:
-                    await self.radio.send_text(order_text(order), order.target)
+                    packet_id = await self.radio.send_text(order_text(order), order.target)
                 except RadioOffline as err:
                     log.info("order %d waits for the radio: %s", order.order_id, err)
                     break
                 except BadDownlink as err:
                     log.error("order %d cannot go over the mesh: %s", order.order_id, err)
+                    self._delivered(attempt, False, "BAD_DESTINATION")
                 else:
+                    attempt.tries += 1
                     self.orders_sent += 1
-                    log.info("order %d sent to %s", order.order_id, order.target)
+                    log.info(
+                        "order %d sent to %s (try %d, packet %d)",
+                        order.order_id,
+                        order.target,
+                        attempt.tries,
+                        packet_id,
+                    )
+                    self._spawn(self._await_ack(attempt, packet_id))
                 waiting.popleft()
+
+    def _heard_ack(self, ack: AckReceived) -> None:
+        waiter = self._acks.get(ack.packet_id)
+        if waiter is None:
+            self._early_acks[ack.packet_id] = ack
+            while len(self._early_acks) > EARLY_ACKS:
+                self._early_acks.popitem(last=False)
+            return
+        target, future = waiter
+        if _settles(ack, target) and not future.done():
+            future.set_result(ack)
+
+    async def _await_ack(self, attempt: OrderTry, packet_id: int) -> None:
+        """Wait for the mesh's answer to one send of an order, then act on it."""
+        target = attempt.order.target
+        ack = self._early_acks.pop(packet_id, None)
+        if ack is None or not _settles(ack, target):
+            future: asyncio.Future[AckReceived] = asyncio.get_running_loop().create_future()
+            self._acks[packet_id] = (target, future)
+            try:
+                ack = await asyncio.wait_for(future, self.mesh.order_ack_timeout_s)
+            except TimeoutError:
+                ack = None
+            finally:
+                self._acks.pop(packet_id, None)
+        order_id = attempt.order.order_id
+        if ack is not None and ack.ok:
+            log.info("order %d delivered to %s (acknowledged by %s)", order_id, target, ack.by)
+            self._delivered(attempt, True)
+            return
+        reason = "TIMEOUT" if ack is None else ack.reason
+        if attempt.tries < self.mesh.order_tries:
+            log.info("order %d not delivered to %s (%s): sending again", order_id, target, reason)
+            self.orders_waiting.append(attempt)
+            self._order_came.set()
+            return
+        log.warning(
+            "指令 %d 无法送达 %s / order %d undeliverable to %s after %d tries: %s",
+            order_id,
+            target,
+            order_id,
+            target,
+            attempt.tries,
+            reason,
+        )
+        self._delivered(attempt, False, reason)
+
+    def _delivered(self, attempt: OrderTry, delivered: bool, error: str = "") -> None:
+        if delivered:
+            self.orders_delivered += 1
+        else:
+            self.orders_failed += 1
+        self._hand_over(delivery_receipt(attempt, delivered, error))
 
     async def reply_status(self, member: str) -> None:
         """Answer a member's "状态"/"status" with the kit's links, queue and battery."""
@@ -247,6 +399,7 @@ class MeshService:
         tasks = [
             asyncio.create_task(self.deliver()),
             asyncio.create_task(self.report()),
+            asyncio.create_task(self.report_team()),
             asyncio.create_task(self.frames.run()),
         ]
         if bus_in is not None:
@@ -261,6 +414,18 @@ class MeshService:
             await self.radio.close()
             if len(self.queue):
                 log.error("%d mesh items not handed over at exit", len(self.queue))
+            if self.orders_waiting or self._acks:
+                log.warning(
+                    "退出时 %d 条指令未确认送达 / %d orders not known delivered at exit",
+                    len(self.orders_waiting) + len(self._acks),
+                    len(self.orders_waiting) + len(self._acks),
+                )
+
+
+def _settles(ack: AckReceived, target: str) -> bool:
+    """Whether the mesh's answer settles a send to ``target``: any refusal does; for a member
+    only the member's own ACK, not the implicit one of a neighbour heard repeating it."""
+    return not ack.ok or target == BROADCAST or ack.by == target
 
 
 STATUS_WORDS = frozenset({"状态", "狀態", "status", "zt"})

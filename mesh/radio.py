@@ -2,10 +2,11 @@
 
 :class:`MeshRadio` drives ``meshtastic``'s ``TCPInterface`` or ``SerialInterface`` (as
 :class:`MeshConfig` says; ``KIT_BACKEND=sim`` starts a :class:`sim.meshradio.SimulatedRadio`
-in-process and connects to it over TCP). The library calls back from its own threads
-through pypubsub; each callback is turned into a small typed event right there and handed
-to the asyncio loop with ``call_soon_threadsafe``, so nothing of the library's dicts leaks
-out and nothing the radio sends can raise in the kit.
+in-process, with a demo team that walks, reports its battery and texts now and then
+(``KIT_SIM_TEAM_SPEED`` speeds it up), and connects to it over TCP). The library calls
+back from its own threads through pypubsub; each callback is turned into a small typed
+event right there and handed to the asyncio loop with ``call_soon_threadsafe``, so nothing
+of the library's dicts leaks out and nothing the radio sends can raise in the kit.
 
 The library reconnects a dropped TCP socket once by itself and re-runs the handshake after
 a radio reboots; when its reader thread ends (port gone, radio unreachable) or a handshake
@@ -76,6 +77,7 @@ class NodeSeen:
     voltage: float | None = None
     position: Position | None = None
     position_s: float | None = None
+    snr: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,14 @@ class AckReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelReport:
+    """The kit's own radio reports how busy the channel is (its device telemetry)."""
+
+    utilisation: float  # percent of the last minute the channel was busy
+    air_util_tx: float | None  # percent of the last hour the radio itself transmitted
+
+
+@dataclass(frozen=True, slots=True)
 class DataReceived:
     """A PRIVATE_APP packet: a frame from another kit (see :mod:`mesh.relay`)."""
 
@@ -123,7 +133,15 @@ class DataReceived:
     to_kit: bool
 
 
-Event = NodeSeen | TextReceived | PositionReceived | TelemetryReceived | AckReceived | DataReceived
+Event = (
+    NodeSeen
+    | TextReceived
+    | PositionReceived
+    | TelemetryReceived
+    | AckReceived
+    | DataReceived
+    | ChannelReport
+)
 
 
 def _position(lat: float, lon: float, alt: float | None) -> Position | None:
@@ -155,7 +173,7 @@ def packet_event(packet: Any, my_num: int | None) -> Event | None:
         reason = mesh_pb2.Routing.Error.Name(routing.error_reason)
         return AckReceived(int(data.request_id), routing.error_reason == 0, reason, sender)
     if sender_num == my_num:
-        return None  # the kit's own packet, echoed
+        return _own_channel(data) if port == TELEMETRY_APP else None  # else our own, echoed
     if port == TEXT_APP:
         text = data.payload.decode("utf-8", "replace")
         return TextReceived(sender, text, packet.to == my_num, int(packet.channel), int(packet.id))
@@ -185,6 +203,26 @@ def packet_event(packet: Any, my_num: int | None) -> Event | None:
     raise ValueError(f"portnum {port} is not one the kit reads")
 
 
+def _own_channel(data: Any) -> ChannelReport | None:
+    """The channel figures in the radio's own telemetry (device metrics or local stats)."""
+    from meshtastic.protobuf import telemetry_pb2
+
+    telemetry = telemetry_pb2.Telemetry.FromString(data.payload)
+    which = telemetry.WhichOneof("variant")
+    if which == "device_metrics" and telemetry.device_metrics.HasField("channel_utilization"):
+        m = telemetry.device_metrics
+        util, air = float(m.channel_utilization), float(m.air_util_tx)
+        has_air = m.HasField("air_util_tx")
+    elif which == "local_stats":
+        stats = telemetry.local_stats
+        util, air, has_air = float(stats.channel_utilization), float(stats.air_util_tx), True
+    else:
+        return None
+    if not 0 <= util <= 100:  # NaN included: a figure the 40 % rule cannot act on
+        raise ValueError(f"channel utilisation {util} is not a percentage")
+    return ChannelReport(util, air if has_air and 0 <= air <= 100 else None)
+
+
 def node_event(node: dict[str, Any]) -> NodeSeen:
     """A node record of the library's node list (``MessageToDict`` of a ``NodeInfo``)."""
     user = node.get("user") or {}
@@ -201,6 +239,7 @@ def node_event(node: dict[str, Any]) -> NodeSeen:
     battery = metrics.get("batteryLevel")
     voltage = metrics.get("voltage")
     heard = node.get("lastHeard")
+    snr = node.get("snr")
     return NodeSeen(
         node_id(int(node["num"])),
         str(user["longName"]) if user.get("longName") else None,
@@ -210,6 +249,7 @@ def node_event(node: dict[str, Any]) -> NodeSeen:
         float(voltage) if voltage is not None else None,
         position,
         float(pos["time"]) if position is not None and pos.get("time") else None,
+        float(snr) if snr is not None else None,
     )
 
 
@@ -328,6 +368,7 @@ class MeshRadio:
         self.sent = 0
         self.reconnects = 0
         self.last_error = ""
+        self.channel: ChannelReport | None = None  # the radio's last own channel figures
         self._link: _Link | None = None
         self._host, self._port = config.host, config.port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -345,9 +386,10 @@ class MeshRadio:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if backend_kind() == "sim":
-            from sim.meshradio import SimulatedRadio, demo_team
+            from sim.meshradio import Cadence, SimulatedRadio, demo_team
 
-            self.simulator = SimulatedRadio(members=demo_team())
+            # A live team: positions, battery and now and then a text (KIT_SIM_TEAM_SPEED).
+            self.simulator = SimulatedRadio(members=demo_team(), team=Cadence.from_env())
             await self.simulator.start()
             self.config = self.config.model_copy(update={"connection": "tcp"})
             self._host, self._port = "127.0.0.1", self.simulator.port
@@ -418,6 +460,7 @@ class MeshRadio:
             return None
         self.my_num = link.my_num()
         self.last_error = ""
+        self.channel = None
         self._up.set()
         log.info("电台已连接 / radio connected: %s, node %s", link.where, self._my_id())
         self._changed()
@@ -466,12 +509,15 @@ class MeshRadio:
         if not self._ours(interface):
             return
         try:
-            event = packet_event(packet["raw"], self.my_num)
+            raw = packet["raw"]
+            event = packet_event(raw, self.my_num)
+            # The firmware fills SNR and RSSI for packets it heard; both zero: not heard.
+            snr = float(raw.rx_snr) if raw.rx_snr or raw.rx_rssi else None
         except Exception as err:
             log.info("忽略无法识别的数据包 / dropped a packet: %s", err)
-            self._to_loop(self._count, None)
+            self._to_loop(self._count, None, None)
             return
-        self._to_loop(self._count, event)
+        self._to_loop(self._count, event, snr)
 
     def _heard_node(self, node: Any, interface: Any) -> None:
         if not self._ours(interface):
@@ -502,25 +548,27 @@ class MeshRadio:
             self._gone.set()
         self._changed()
 
-    def _count(self, event: Event | None) -> None:
+    def _count(self, event: Event | None, snr: float | None) -> None:
         self.received += 1
         if event is None:
             self.dropped += 1
             return
-        self._deliver(event)
+        self._deliver(event, snr)
 
-    def _deliver(self, event: Event) -> None:
-        self._learn(event)
+    def _deliver(self, event: Event, snr: float | None = None) -> None:
+        self._learn(event, snr)
         if self.on_event is not None:
             try:
                 self.on_event(event)
             except Exception:  # the owner's bug must not stop the radio
                 log.exception("handling %s failed", type(event).__name__)
 
-    def _learn(self, event: Event) -> None:
+    def _learn(self, event: Event, snr: float | None) -> None:
         now = time.time()
         r = self.roster
-        if isinstance(event, NodeSeen):
+        if isinstance(event, ChannelReport):
+            self.channel = event
+        elif isinstance(event, NodeSeen):
             r.update(
                 event.node_id,
                 heard_s=event.heard_s,
@@ -530,6 +578,7 @@ class MeshRadio:
                 voltage=event.voltage,
                 position=event.position,
                 position_s=event.position_s,
+                snr=event.snr,
             )
         elif isinstance(event, PositionReceived):
             at = float(event.time_s) if event.time_s else now
@@ -538,6 +587,7 @@ class MeshRadio:
                 heard_s=now,
                 position=_position(event.lat, event.lon, event.alt_m),
                 position_s=at,
+                snr=snr,
             )
         elif isinstance(event, TelemetryReceived):
             r.update(
@@ -545,9 +595,10 @@ class MeshRadio:
                 heard_s=now,
                 battery_percent=event.battery_percent,
                 voltage=event.voltage,
+                snr=snr,
             )
         elif isinstance(event, TextReceived):
-            r.update(event.sender, heard_s=now)
+            r.update(event.sender, heard_s=now, snr=snr)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -614,7 +665,9 @@ class MeshRadio:
         link = self._link
         if link is None or not self.online:
             return None
-        return link.channel_utilisation()
+        if self.channel is not None:
+            return self.channel.utilisation
+        return link.channel_utilisation()  # what the node list said at connect
 
     # --- state ---------------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ class FramePort(asyncio.DatagramProtocol):
         self.peer = addr
         kind = data[:1]
         if kind == HELLO:
-            self._status()
+            self.send_status()
         elif kind == SEND and len(data) > 1 + _NODE.size:
             (node,) = _NODE.unpack_from(data, 1)
             try:
@@ -152,7 +152,7 @@ class FramePort(asyncio.DatagramProtocol):
             return
         self._transport.sendto(RECEIVED + frame, self.peer)
 
-    def _status(self) -> None:
+    def send_status(self) -> None:
         if self._transport is None or self.peer is None:
             return
         radio = self.radio
@@ -178,11 +178,11 @@ class FramePort(asyncio.DatagramProtocol):
             except KitError as err:
                 self.dropped += 1
                 log.warning("relay frame for %s not sent: %s", node_id(node), err)
-                self._status()
+                self.send_status()
 
     async def _status_loop(self) -> None:
         while True:
-            self._status()
+            self.send_status()
             await asyncio.sleep(STATUS_S)
 
 
@@ -343,6 +343,12 @@ class MeshFrames:
             self.relay.heard(event.payload, event.sender_num, frame.kit_id)
         else:
             log.info("frame from %s not for this kit: dropped", event.sender)
+
+    def channel_changed(self) -> None:
+        """The radio reported new channel figures: the link hears them now, not at the next
+        status tick, so its 40 % rule acts on what the channel is doing."""
+        if self.port is not None:
+            self.port.send_status()
 
     async def run(self) -> None:
         if self.port is not None:

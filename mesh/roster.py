@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.item import Position
+from edge.topics import TeamMember, TeamRoster
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class Member:
     voltage: float | None = None
     position: Position | None = None
     position_s: float | None = None  # Unix seconds of that position
+    snr: float | None = None  # dB of the last packet heard from it (its last hop)
 
     @property
     def name(self) -> str:
@@ -66,6 +68,7 @@ class Roster:
         voltage: float | None = None,
         position: Position | None = None,
         position_s: float | None = None,
+        snr: float | None = None,
     ) -> Member:
         """Merge what was just learnt about ``node_id``; ``None`` keeps what was known.
 
@@ -78,6 +81,7 @@ class Roster:
             "short_name": short_name,
             "battery_percent": battery_percent,
             "voltage": voltage,
+            "snr": snr,
         }
         if heard_s is not None and (old.last_heard_s is None or heard_s > old.last_heard_s):
             changes["last_heard_s"] = heard_s
@@ -106,3 +110,23 @@ class Roster:
             index -= 1
         for later in ids[index:-1]:
             self._members.move_to_end(later)
+
+
+def team_roster(roster: Roster) -> TeamRoster:
+    """The roster as the bus carries it to ``kit status`` and the web page."""
+    return TeamRoster([team_member(m) for m in roster.members()])
+
+
+def team_member(m: Member) -> TeamMember:
+    pos = m.position
+    return TeamMember(
+        node=m.node_id,
+        name=m.name,
+        short=m.short_name or "",
+        lat=None if pos is None else pos.lat,
+        lon=None if pos is None else pos.lon,
+        position_ms=None if pos is None or m.position_s is None else round(m.position_s * 1000),
+        last_heard_ms=0 if m.last_heard_s is None else round(m.last_heard_s * 1000),
+        battery_pct=m.battery_percent,
+        snr=m.snr,
+    )

@@ -18,8 +18,12 @@ import aiohttp
 from edge.client import AsyncEdgeClient
 from edge.errors import EdgeUnavailable
 from edge.item import MediaRef
+from security import simkeys
+from security.channel import KitSecurity
+from security.state import SecurityState
 
 KIT_ID = 7
+PROFILE = "default"  # the cryptographic profile of the harness's kits and centre
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -91,16 +95,26 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 @asynccontextmanager
 async def centre(
-    root: Path, *, udp_gateways: Sequence[str] = (), kit_ids: Sequence[int] = (KIT_ID,)
+    root: Path,
+    *,
+    udp_gateways: Sequence[str] = (),
+    kit_ids: Sequence[int] = (KIT_ID,),
+    profile: str = PROFILE,
 ) -> AsyncIterator[tuple[str, Path]]:
-    """`kit centre` on a free port; yields its base URL and data folder."""
+    """`kit centre` on a free port, its kits enrolled with simulation keys; yields its base
+    URL and data folder."""
     port = free_port()
     data = root / "centre"
     config = root / "centre.toml"
     gateways = "".join(udp_gateways)
+    simkeys.install_centre(data / "keys", profile)
     config.write_text(
         f'listen = "127.0.0.1:{port}"\ndata_dir = "{data}"\n'
-        + "".join(f'[[kits]]\nkit_id = {i}\nname = "测试套件 {i}"\n' for i in kit_ids)
+        + "".join(
+            f'[[kits]]\nkit_id = {i}\nname = "测试套件 {i}"\nprofile = "{profile}"\n'
+            f'public_key = "{simkeys.kit_pair(i, profile).public_text}"\n'
+            for i in kit_ids
+        )
         + gateways
     )
     proc = await _spawn("centre", "--config", str(config), log=root / "centre.log")
@@ -124,16 +138,31 @@ async def centre(
         await _stop(proc)
 
 
+def security_toml(kit_id: int, root: Path, profile: str = PROFILE) -> str:
+    """The [security] table of a simulated kit, its key pair installed under ``root``/data."""
+    simkeys.install_kit(root / "data" / "keys", kit_id, profile)
+    centre_key = simkeys.centre_pair(profile).public_text
+    return f'[security]\nprofile = "{profile}"\ncentre_public_key = "{centre_key}"\n'
+
+
+def kit_security(kit_id: int, state: Path, profile: str = PROFILE) -> KitSecurity:
+    """Sealing for an in-process uplink of a simulated kit (close its ``state`` after)."""
+    pair = simkeys.kit_pair(kit_id, profile)
+    centre_public = simkeys.centre_pair(profile).public
+    return KitSecurity(kit_id, pair, centre_public, SecurityState(state))
+
+
 @asynccontextmanager
 async def kit(
-    root: Path, links_toml: str, extra: str = "", kit_id: int = KIT_ID
+    root: Path, links_toml: str, extra: str = "", kit_id: int = KIT_ID, profile: str = PROFILE
 ) -> AsyncIterator[Kit]:
     """`kit edge` and `kit uplink` with the given [[links]]; yields a client of the edge."""
     config = root / "kit.toml"
     config.write_text(
         f'[kit]\nid = {kit_id}\nname = "测试套件"\n'
         '[paths]\ndata_dir = "data"\nruntime_dir = "run"\n'
-        f"[uplink]\npoll_s = 0.2\n{extra}\n{links_toml}"
+        + security_toml(kit_id, root, profile)
+        + f"[uplink]\npoll_s = 0.2\n{extra}\n{links_toml}"
     )
     edge = AsyncEdgeClient(f"ipc://{root / 'run' / 'edge'}.sock", timeout_s=1.0)
     k = Kit(root, edge)

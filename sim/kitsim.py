@@ -299,7 +299,11 @@ async def run_sim(
             f"指挥中心 / centre: {world.centre_url}  (log: {world.root / 'centre.log'})\n"
         )
         for k in world.kits:
-            out.write(f"套件 / kit {k.spec.name} (id {k.kit_id}): {k.root}  log: {k.log_path}\n")
+            out.write(
+                f"套件 / kit {k.spec.name} (id {k.kit_id}): 网页 / page {world.web_url(k)} "
+                f"(配置登录 / config login admin / {k.web_password})\n"
+                f"    {k.root}  log: {k.log_path}\n"
+            )
         out.write("Ctrl-C 停止 / stops\n")
         out.flush()
         if on_started is not None:

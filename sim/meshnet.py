@@ -18,12 +18,22 @@ members live on nodes without a host. What the model does:
 - **Managed flooding**: a node that hears a packet it has not seen before delivers it
   (to its host or member) if addressed to it or broadcast, and rebroadcasts it with
   ``hop_limit - 1`` if the limit is above 0 and the packet was not addressed to it alone.
+- **Reliable packets** (``want_ack``), as the firmware's reliable router: the node a packet
+  is addressed to answers with a ROUTING_APP ACK (``request_id`` = the packet's id, sent
+  back through the mesh, again on a repeated copy); for a broadcast, hearing a neighbour
+  repeat it is the implicit ACK. A kit's radio without an answer after ``ack_timeout_s``
+  sends the packet again, up to :data:`RETRANSMISSIONS` times, then tells its host
+  MAX_RETRANSMIT (a NAK), as firmware does.
 - **Channel utilisation** per node, as the firmware reports it: the percentage of the
   last 60 s the node's channel was busy (its own and its neighbours' transmissions);
   ``air_util_tx`` its own transmissions over the last hour. Attached radios tell their
-  host both figures in their own device telemetry every ``telemetry_s``.
+  host both figures in their own device telemetry and local stats every ``telemetry_s``.
 - **Emulated time**: ``speed`` emulated seconds pass per real second; every figure
   above is in emulated seconds.
+
+Members on nodes transmit with :meth:`MeshNet.text`, :meth:`~MeshNet.position` and
+:meth:`~MeshNet.battery`; a :class:`sim.meshradio.TeamActivity` over the net makes them
+behave like a team.
 """
 
 from __future__ import annotations
@@ -37,10 +47,18 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from meshtastic.protobuf import mesh_pb2
+from meshtastic.protobuf import mesh_pb2, telemetry_pb2
 
 from mesh.relay import LONG_FAST, MESH_HEADER_BYTES, Preset
-from sim.meshradio import BROADCAST, TEXT_APP, Member, SimulatedRadio
+from sim.meshradio import (
+    BROADCAST,
+    POSITION_APP,
+    ROUTING_APP,
+    TELEMETRY_APP,
+    TEXT_APP,
+    Member,
+    SimulatedRadio,
+)
 
 UTILISATION_WINDOW_S = 60.0  # channel utilisation covers the last minute, as in the firmware
 AIR_UTIL_TX_WINDOW_S = 3600.0  # air_util_tx covers the last hour
@@ -48,6 +66,8 @@ TX_QUEUE = 16  # packets a node holds for sending; more are dropped (the firmwar
 SEEN_MAX = 1024  # packet ids a node remembers to stop re-flooding
 BACKOFF_S = 0.3  # most random wait (emulated) before taking a clear channel
 DEFAULT_HOP_LIMIT = 3
+RETRANSMISSIONS = 3  # a reliable packet is sent again this often before the radio gives up
+ACK_TIMEOUT_S = 15.0  # emulated seconds a radio waits for an ACK before sending again
 
 
 def packet_airtime(packet: Any, preset: Preset = LONG_FAST) -> float:
@@ -98,8 +118,10 @@ class MeshNet:
         seed: int = 0,
         hop_limit: int = DEFAULT_HOP_LIMIT,
         telemetry_s: float = 10.0,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
     ) -> None:
         self.speed = speed
+        self.ack_timeout_s = ack_timeout_s
         self.preset = preset
         self.hop_limit = hop_limit
         self.telemetry_s = telemetry_s
@@ -109,6 +131,8 @@ class MeshNet:
         self._t0 = time.monotonic()
         self._air = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
+        # (origin, packet id) -> retransmission task of a radio's reliable packet.
+        self._reliable: dict[tuple[int, int], asyncio.Task[None]] = {}
 
     # --- building the net -------------------------------------------------------------
 
@@ -141,7 +165,8 @@ class MeshNet:
             self._tasks.append(asyncio.create_task(self._telemetry(), name="air-telemetry"))
 
     async def close(self) -> None:
-        tasks, self._tasks = self._tasks, []
+        tasks, self._tasks = self._tasks + list(self._reliable.values()), []
+        self._reliable.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -176,12 +201,76 @@ class MeshNet:
             out.hop_limit = self.hop_limit
         out.hop_start = out.hop_limit
         node.first_time(out)
-        return self._queue(node, out)
+        queued = self._queue(node, out)
+        if queued and out.want_ack and node.radio is not None:
+            key = (num, int(out.id))
+            self._reliable[key] = asyncio.ensure_future(self._retransmit(node, out))
+        return queued
 
     def text(self, num: int, text: str, to: int = BROADCAST) -> bool:
         """The member on node ``num`` sends ``text`` (to the channel by default)."""
         data = mesh_pb2.Data(portnum=TEXT_APP, payload=text.encode())
         return self.send(num, mesh_pb2.MeshPacket(to=to, decoded=data))
+
+    def position(
+        self, num: int, lat: float, lon: float, alt_m: int | None = None, time_s: int | None = None
+    ) -> bool:
+        """The member on node ``num`` moves to (and broadcasts) a position."""
+        member = self.nodes[num].member
+        if member is None:
+            raise ValueError(f"node {num:#x} has no member")
+        member.lat, member.lon, member.alt_m = lat, lon, alt_m
+        data = mesh_pb2.Data(
+            portnum=POSITION_APP, payload=member.position_pb(time_s).SerializeToString()
+        )
+        return self.send(num, mesh_pb2.MeshPacket(to=BROADCAST, decoded=data))
+
+    def battery(self, num: int, percent: int, voltage: float | None = None) -> bool:
+        """The member on node ``num`` broadcasts its device telemetry."""
+        member = self.nodes[num].member
+        if member is None:
+            raise ValueError(f"node {num:#x} has no member")
+        member.battery, member.voltage = percent, voltage
+        metrics = telemetry_pb2.DeviceMetrics(battery_level=percent)
+        if voltage is not None:
+            metrics.voltage = voltage
+        telemetry = telemetry_pb2.Telemetry(time=int(time.time()), device_metrics=metrics)
+        data = mesh_pb2.Data(portnum=TELEMETRY_APP, payload=telemetry.SerializeToString())
+        return self.send(num, mesh_pb2.MeshPacket(to=BROADCAST, decoded=data))
+
+    async def _retransmit(self, node: Node, packet: Any) -> None:
+        """A radio's reliable packet: sent again until answered, then MAX_RETRANSMIT."""
+        key = (node.num, int(packet.id))
+        try:
+            for _ in range(RETRANSMISSIONS):
+                await self.sleep(self.ack_timeout_s)
+                again = mesh_pb2.MeshPacket()
+                again.CopyFrom(packet)
+                self._queue(node, again)
+            await self.sleep(self.ack_timeout_s)
+        finally:
+            if self._reliable.get(key) is asyncio.current_task():
+                del self._reliable[key]
+        if node.radio is not None:
+            node.radio.answer(int(packet.id), mesh_pb2.Routing.Error.MAX_RETRANSMIT)
+
+    def _answered(self, node: Node, request_id: int, by: int | None) -> None:
+        """The reliable packet ``request_id`` of ``node``'s radio was answered: no more tries;
+        an implicit ACK (``by`` None) is the radio's own news for its host."""
+        task = self._reliable.pop((node.num, request_id), None)
+        if task is None:
+            return
+        task.cancel()
+        if by is None and node.radio is not None:
+            node.radio.answer(request_id, mesh_pb2.Routing.Error.NONE)
+
+    def _ack(self, node: Node, packet: Any) -> None:
+        """``node`` got ``packet`` addressed to it with ``want_ack``: the ACK goes back."""
+        routing = mesh_pb2.Routing(error_reason=mesh_pb2.Routing.Error.NONE)
+        data = mesh_pb2.Data(
+            portnum=ROUTING_APP, payload=routing.SerializeToString(), request_id=packet.id
+        )
+        self.send(node.num, mesh_pb2.MeshPacket(to=getattr(packet, "from"), decoded=data))
 
     def _queue(self, node: Node, packet: Any) -> bool:
         try:
@@ -259,15 +348,25 @@ class MeshNet:
                 self._heard(self.nodes[num], packet)
 
     def _heard(self, node: Node, packet: Any) -> None:
+        origin = int(getattr(packet, "from"))
+        to_us = packet.to == node.num
         if not node.first_time(packet):
             node.duplicates += 1
+            if origin == node.num and packet.to == BROADCAST:
+                self._answered(node, int(packet.id), None)  # a neighbour repeated it
+            elif to_us and packet.want_ack:
+                self._ack(node, packet)  # our first ACK may have been lost
             return
+        if to_us and packet.decoded.portnum == ROUTING_APP and packet.decoded.request_id:
+            self._answered(node, int(packet.decoded.request_id), origin)
         if packet.to in (node.num, BROADCAST):
             node.heard.append(packet)
             if node.radio is not None:
                 node.radio.heard(packet)
             elif node.member is not None and packet.decoded.portnum == TEXT_APP:
                 node.member.inbox.append(packet.decoded.payload.decode("utf-8", "replace"))
+            if to_us and packet.want_ack and (node.radio is not None or node.member is not None):
+                self._ack(node, packet)
         if packet.to != node.num and packet.hop_limit > 0:
             again = mesh_pb2.MeshPacket()
             again.CopyFrom(packet)

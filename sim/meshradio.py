@@ -16,6 +16,11 @@ member's ``inbox`` (or every member's, for a broadcast) and, with ``want_ack``, 
 routing ACK comes back (a NAK for a node nobody knows). Packets for the host wait in a
 bounded queue while no host is connected, like the firmware's queue for the phone.
 
+Given a :class:`Cadence` (``team=``), the members behave like a team on their own
+(:class:`TeamActivity`): they walk slowly round a loop about where they started,
+broadcasting positions, report their battery, and now and then one of them texts; a
+member with ``reachable=False`` is out of range (the kit's packets to it get a NAK).
+
 Airtime, loss and multi-hop are not simulated here: every member hears the kit directly.
 Attached to a :class:`sim.meshnet.MeshNet` (which sets :attr:`SimulatedRadio.air`), the
 host's packets go on the simulated air instead, and the net hands packets heard over the
@@ -27,16 +32,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from meshtastic.protobuf import (
     channel_pb2,
@@ -111,6 +117,7 @@ class Member:
     battery: int | None = None  # percent; 101 means powered
     voltage: float | None = None
     inbox: list[str] = field(default_factory=list)  # texts the kit sent it
+    reachable: bool = True  # False: out of range, the kit's packets to it go unanswered
 
     @property
     def id(self) -> str:
@@ -171,6 +178,7 @@ class SimulatedRadio:
         link: str | os.PathLike[str] | None = None,
         ack_delay_s: float = 0.05,
         seed: int = 0,
+        team: Cadence | None = None,
     ) -> None:
         self.num = num
         self.long_name = long_name
@@ -181,6 +189,7 @@ class SimulatedRadio:
         self.serial = serial
         self.link = None if link is None else Path(link)
         self.ack_delay_s = ack_delay_s
+        self.team = None if team is None else TeamActivity(self, self.members.values(), team, seed)
         self.sent: deque[Any] = deque(maxlen=1000)  # MeshPackets the host transmitted
         self.handshakes = 0  # completed
         self._rng = random.Random(seed)
@@ -213,8 +222,12 @@ class SimulatedRadio:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.serial:
             await self.plug()
+        if self.team is not None:
+            self.team.start()
 
     async def close(self) -> None:
+        if self.team is not None:
+            await self.team.close()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -391,27 +404,22 @@ class SimulatedRadio:
         text = ""
         if packet.decoded.portnum == TEXT_APP:
             text = packet.decoded.payload.decode("utf-8", "replace")
+        reachable = [m for m in self.members.values() if m.reachable]
         if packet.to == BROADCAST:
-            for m in self.members.values():
+            for m in reachable:
                 m.inbox.append(text)
-            acker, error = self.num, mesh_pb2.Routing.Error.NONE  # implicit ACK: rebroadcast heard
-        elif packet.to in self.members:
+            # Implicit ACK: the radio heard a member repeat it; nobody in range: it gives up.
+            acker = self.num
+            error = (
+                mesh_pb2.Routing.Error.NONE if reachable else mesh_pb2.Routing.Error.MAX_RETRANSMIT
+            )
+        elif packet.to in self.members and self.members[packet.to].reachable:
             self.members[packet.to].inbox.append(text)
             acker, error = packet.to, mesh_pb2.Routing.Error.NONE
-        else:
+        else:  # unknown or out of range: after its retries the radio answers with a NAK
             acker, error = self.num, mesh_pb2.Routing.Error.MAX_RETRANSMIT
         if packet.want_ack:
-            routing = mesh_pb2.Routing(error_reason=error)
-            self._later(
-                self.ack_delay_s,
-                lambda: self._emit(
-                    acker,
-                    ROUTING_APP,
-                    routing.SerializeToString(),
-                    to=self.num,
-                    request_id=packet.id,
-                ),
-            )
+            self._later(self.ack_delay_s, lambda: self.answer(packet.id, error, acker))
 
     # --- the air (a MeshNet) ------------------------------------------------------------
 
@@ -421,15 +429,37 @@ class SimulatedRadio:
         out.CopyFrom(packet)
         out.rx_time = int(time.time())
         out.rx_snr = 6.5
+        out.rx_rssi = -92
         self._pass_up(out)
 
     def telemetry(self, channel_utilization: float, air_util_tx: float) -> None:
-        """The radio reports its own channel figures (percent) to the host, as firmware does."""
+        """The radio reports its own channel figures (percent) to the host, as firmware does:
+        its device metrics, then its local stats."""
         metrics = telemetry_pb2.DeviceMetrics(
             channel_utilization=channel_utilization, air_util_tx=air_util_tx
         )
         telemetry = telemetry_pb2.Telemetry(time=int(time.time()), device_metrics=metrics)
         self._emit(self.num, TELEMETRY_APP, telemetry.SerializeToString(), to=self.num)
+        stats = telemetry_pb2.LocalStats(
+            channel_utilization=channel_utilization,
+            air_util_tx=air_util_tx,
+            num_online_nodes=len(self.members) + 1,
+            num_total_nodes=len(self.members) + 1,
+        )
+        telemetry = telemetry_pb2.Telemetry(time=int(time.time()), local_stats=stats)
+        self._emit(self.num, TELEMETRY_APP, telemetry.SerializeToString(), to=self.num)
+
+    def answer(self, request_id: int, error: int, by: int | None = None) -> int:
+        """The mesh's answer to the host's packet ``request_id``: a routing ACK (error 0) or
+        NAK, from node ``by`` (the radio itself when None: implicit ACK or giving up)."""
+        routing = mesh_pb2.Routing(error_reason=error)
+        return self._emit(
+            self.num if by is None else by,
+            ROUTING_APP,
+            routing.SerializeToString(),
+            to=self.num,
+            request_id=request_id,
+        )
 
     # --- the team transmits -------------------------------------------------------------
 
@@ -482,6 +512,7 @@ class SimulatedRadio:
             id=next(self._ids) & 0xFFFFFFFF,
             rx_time=int(time.time()),
             rx_snr=6.5,
+            rx_rssi=-92,
             hop_limit=3,
             hop_start=3,
             decoded=mesh_pb2.Data(portnum=portnum, payload=payload, request_id=request_id),
@@ -533,6 +564,142 @@ class SimulatedRadio:
         task = asyncio.ensure_future(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+# --- a team that behaves like one ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cadence:
+    """How often the simulated team reports, in team seconds; ``speed`` team seconds pass per
+    real second (tests and ``kit sim`` run the team faster)."""
+
+    position_s: float = 60.0  # each member broadcasts a position this often …
+    telemetry_s: float = 300.0  # … its battery this often
+    text_s: float = 900.0  # and someone in the team texts about this often (0: never)
+    step_m: float = 20.0  # metres walked between two positions
+    radius_m: float = 250.0  # each member walks a loop this far around its start point
+    drain_pct: int = 1  # battery percent used between two telemetry reports
+    speed: float = 1.0
+
+    def __post_init__(self) -> None:
+        if min(self.position_s, self.telemetry_s, self.speed, self.radius_m) <= 0:
+            raise ValueError("team cadence: periods, radius and speed must be positive")
+        if self.text_s < 0 or self.step_m < 0 or self.drain_pct < 0:
+            raise ValueError("team cadence: text_s, step_m and drain_pct must not be negative")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Cadence:
+        """The cadence ``KIT_BACKEND=sim`` uses: ``KIT_SIM_TEAM_SPEED`` (default 1) speeds it up."""
+        raw = (os.environ if environ is None else environ).get("KIT_SIM_TEAM_SPEED", "")
+        try:
+            speed = float(raw) if raw else 1.0
+        except ValueError:
+            raise ValueError(f"KIT_SIM_TEAM_SPEED={raw!r} is not a number") from None
+        if not 0 < speed < float("inf"):
+            raise ValueError(f"KIT_SIM_TEAM_SPEED={raw!r} must be above 0")
+        return cls(speed=speed)
+
+
+class TeamRadios(Protocol):
+    """Where the team transmits: straight to a kit's :class:`SimulatedRadio`, or on a MeshNet."""
+
+    def position(
+        self, num: int, lat: float, lon: float, alt_m: int | None = None, time_s: int | None = None
+    ) -> object: ...
+
+    def battery(self, num: int, percent: int, voltage: float | None = None) -> object: ...
+
+    def text(self, num: int, text: str) -> object: ...
+
+
+TEAM_TEXTS = (
+    "到达桥头",
+    "二号楼搜索完毕，未发现被困人员",
+    "需要 水 食品 @ 东侧路口",
+    "伤员 1 轻伤 @ 学校操场",
+    "道路被落石阻断，绕行北侧",
+    "正在转移群众至安置点",
+    "arrived at the school",
+)
+EARTH_M_PER_DEG = 111_320.0
+
+
+class TeamActivity:
+    """Members walk slowly round a loop about where they started, broadcasting positions and
+    battery telemetry at the :class:`Cadence`, and now and then one of them texts."""
+
+    def __init__(
+        self, radios: TeamRadios, members: Iterable[Member], cadence: Cadence, seed: int = 0
+    ) -> None:
+        self.radios = radios
+        self.cadence = cadence
+        self.members = [m for m in members if m.lat is not None and m.lon is not None]
+        self.sent = {"position": 0, "battery": 0, "text": 0}
+        self._rng = random.Random(seed)
+        self._start = {m.num: (float(m.lat or 0), float(m.lon or 0)) for m in self.members}
+        n = max(1, len(self.members))
+        self._angle = {m.num: 2 * math.pi * i / n for i, m in enumerate(self.members)}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        c = self.cadence
+        self._tasks = [
+            asyncio.ensure_future(self._every(c.position_s, self.walk)),
+            asyncio.ensure_future(self._every(c.telemetry_s, self.report_battery)),
+        ]
+        if c.text_s > 0:
+            self._tasks.append(asyncio.ensure_future(self._texts()))
+
+    async def close(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _every(self, period_s: float, action: Callable[[], None]) -> None:
+        # Spread the members' first reports a little, as real handhelds are not in step.
+        await asyncio.sleep(self._rng.uniform(0, 0.1) * period_s / self.cadence.speed)
+        while True:
+            action()
+            await asyncio.sleep(period_s / self.cadence.speed)
+
+    async def _texts(self) -> None:
+        while True:
+            wait = self._rng.expovariate(1 / self.cadence.text_s)
+            await asyncio.sleep(wait / self.cadence.speed)
+            if self.members:
+                m = self._rng.choice(self.members)
+                self.radios.text(m.num, self._rng.choice(TEAM_TEXTS))
+                self.sent["text"] += 1
+
+    def where(self, member: Member) -> tuple[float, float]:
+        """Where ``member`` is on its loop now."""
+        lat0, lon0 = self._start[member.num]
+        angle, r = self._angle[member.num], self.cadence.radius_m
+        # The loop passes through the start point: its centre is one radius to the north.
+        north = r - r * math.cos(angle)
+        east = r * math.sin(angle)
+        lat = lat0 + north / EARTH_M_PER_DEG
+        lon = lon0 + east / (EARTH_M_PER_DEG * math.cos(math.radians(lat0)))
+        return lat, lon
+
+    def walk(self) -> None:
+        """Every member takes a step along its loop and broadcasts where it is."""
+        for m in self.members:
+            self._angle[m.num] += self.cadence.step_m / self.cadence.radius_m
+            lat, lon = self.where(m)
+            self.radios.position(m.num, lat, lon, m.alt_m)
+            self.sent["position"] += 1
+
+    def report_battery(self) -> None:
+        """Every member with a battery broadcasts its level, a little lower each time."""
+        for m in self.members:
+            if m.battery is None:
+                continue
+            level = m.battery if m.battery > 100 else max(5, m.battery - self.cadence.drain_pct)
+            self.radios.battery(m.num, level, m.voltage)
+            self.sent["battery"] += 1
 
 
 def demo_team() -> list[Member]:

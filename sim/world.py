@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ import aiohttp
 
 from drivers.beidou import user_id
 from drivers.smspdu import Submit
+from security import simkeys
 from sim.beidou import SimCard, SimulatedTerminal, Transmission
 from sim.beidou import Timing as BeidouTiming
 from sim.drone import SimDrone
@@ -60,6 +62,7 @@ TEAM_NAMES = (
 )
 TEAM_EVERY_S = 60.0  # scenario seconds between a member's position reports
 STOP_GRACE_S = 15.0
+PROFILE = "default"  # the drill's cryptographic profile
 # Each link kind's default ack timeout (scenario seconds), and the least it is given in
 # real seconds however fast the scenario runs (a real round trip still takes that long).
 ACK_TIMEOUT_S = {
@@ -118,6 +121,8 @@ class SimKit:
     tally: dict[str, LinkTally] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)  # links in an outage now
     frame_port: int = 0
+    web_port: int = 0
+    web_password: str = ""
     team: list[Member] = field(default_factory=list)
     reboots: int = 0
 
@@ -237,7 +242,9 @@ class World:
             await self._start_devices(k)
         self._start_mesh()
         for k in self.kits:
+            k.web_port = k.web_port or free_port()
             k.config.write_text(self.kit_config(k), encoding="utf-8")
+            await self._set_password(k)
             await self._start_kit(k)
         await asyncio.gather(*(self._ready(k) for k in self.kits))
         self.origin = self.clock.now()
@@ -321,8 +328,12 @@ class World:
             f'listen = "127.0.0.1:{self.centre_port}"',
             f'data_dir = "{self.centre_dir}"',
         ]
+        # Simulation-only keys (security/simkeys.py): the drill's kits are enrolled as a
+        # provisioned kit would be, with its public key and profile.
+        simkeys.install_centre(self.centre_dir / "keys", PROFILE)
         for k in self.kits:
             lines += ["[[kits]]", f"kit_id = {k.kit_id}", f'name = "{k.spec.name}"']
+            lines += simkeys.enrol_lines(k.kit_id, PROFILE)
         if self.centre_terminal is not None:
             lines += [
                 "[[gateways]]",
@@ -481,6 +492,9 @@ class World:
             'source = "sysfs"',
             f'sysfs_root = "{k.root / "sys"}"',
             'shutdown_command = ["true"]',  # a drill never powers the laptop off
+            "[web]",
+            f'listen = "127.0.0.1:{k.web_port}"',
+            *simkeys.kit_security_lines(k.kit_id, k.data / "keys", PROFILE),
         ]
         if k.radio is not None:
             lines += [
@@ -547,6 +561,29 @@ class World:
                         f"speed = {s:g}",
                     ]
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def web_url(k: SimKit) -> str:
+        return f"http://127.0.0.1:{k.web_port}"
+
+    async def _set_password(self, k: SimKit) -> None:
+        """A fresh login for the drill's kit page (there is no default password)."""
+        k.web_password = secrets.token_urlsafe(9)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "web-password",
+            "--config",
+            str(k.config),
+            "--stdin",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate(k.web_password.encode() + b"\n")
+        if proc.returncode != 0:
+            raise RuntimeError(f"kit web-password: {err.decode(errors='replace')}")
 
     async def _start_kit(self, k: SimKit) -> None:
         k.proc = await _spawn(["run", "--config", str(k.config)], k.log_path, new_session=True)

@@ -67,7 +67,8 @@ def test_bulk_refused_in_the_margin_sos_accepted_nothing_false_when_truly_full(
 ) -> None:
     config = tmp_path / "kit.toml"
     text = render_default(7, "测试套件 / test kit", "data", "run")
-    text = text.replace("[edge]\n", f"[edge]\nreserve_mb = {RESERVE_MB}\n", 1)
+    assert "\nreserve_mb = 64 " in text
+    text = text.replace("\nreserve_mb = 64 ", f"\nreserve_mb = {RESERVE_MB} ", 1)
     config.write_text(text)
     proc = start_edge(config)
     try:

@@ -15,7 +15,11 @@ SMS 140 B, Meshtastic 233 B, BDS-3 regional 1,750 B). Every frame is::
     [7     1     fragment index, 0..count-1]   only when F = 1
     [8     1     fragment count, 2..255    ]   only when F = 1
     ..     n≥1   payload (or this fragment's slice of it)
-    -8     8     tag (TAG_BYTES) over every preceding byte; zeros until security fills it
+    -8     8     tag (TAG_BYTES); zeros on an unsealed frame
+
+A sealed frame (:class:`Sealer`, see :mod:`security`) carries its payload encrypted and
+a truncated AEAD tag; the header is the associated data, and the nonce is made of the
+header's direction, kit id, message sequence and fragment index.
 
 Header + tag: 15 bytes for a single frame, 17 for a fragment. A message is cut into
 equal slices of ``mtu - 17`` bytes (the last one shorter). Fragmenting is a pure
@@ -41,6 +45,7 @@ only when shorter than UTF-8, so for Chinese), UTF-8 when g = 0.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 import time
@@ -48,6 +53,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from typing import Protocol
 
 from edge.errors import KitError
 from edge.item import MAX_TEXT_CHARS
@@ -76,11 +82,6 @@ MTU_BEIDOU_REGIONAL = 1750  # BDS-3 regional short message
 _F_DOWNLINK = 0x10
 _F_FRAGMENT = 0x08
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-Tagger = Callable[[bytes], bytes]
-"""Computes the tag over header + payload; must return exactly TAG_BYTES bytes."""
-Verifier = Callable[[bytes, bytes], bool]
-"""Given (header + payload, tag), says whether the tag is authentic."""
 
 
 class BadFrame(KitError, ValueError):
@@ -238,8 +239,20 @@ class Frame:
         return (self.downlink, self.kit_id, self.msg_seq)
 
 
-def encode_frame(frame: Frame, *, tagger: Tagger | None = None) -> bytes:
-    """The frame's bytes, tag included (zeros without a tagger)."""
+class Sealer(Protocol):
+    """Authenticated encryption of frames (see :mod:`security`)."""
+
+    def seal(self, frame: Frame, header: bytes) -> bytes:
+        """``frame.payload`` encrypted, followed by a TAG_BYTES tag over ``header`` too."""
+        ...
+
+    def open(self, frame: Frame, header: bytes) -> bytes:
+        """The plaintext of ``frame.payload`` (ciphertext + tag); raises :class:`BadFrame`."""
+        ...
+
+
+def encode_frame(frame: Frame, *, sealer: Sealer | None = None) -> bytes:
+    """The frame's bytes: sealed by ``sealer``, else the payload in clear and a zero tag."""
     first = VERSION << 5 | int(frame.type)
     if frame.downlink:
         first |= _F_DOWNLINK
@@ -248,23 +261,27 @@ def encode_frame(frame: Frame, *, tagger: Tagger | None = None) -> bytes:
         head = struct.pack(
             ">BHIBB", first | _F_FRAGMENT, frame.kit_id, frame.msg_seq, frame.index, frame.count
         )
-    signed = head + frame.payload
-    tag = bytes(TAG_BYTES) if tagger is None else tagger(signed)
-    if len(tag) != TAG_BYTES:
+    size = len(head) + len(frame.payload) + TAG_BYTES
+    if size > MAX_FRAME_BYTES:
         raise BadFrame(
-            f"认证标签长度应为 {TAG_BYTES} 字节，实为 {len(tag)}",
-            f"tag must be {TAG_BYTES} bytes, got {len(tag)}",
+            f"帧过大：{size} 字节（上限 {MAX_FRAME_BYTES}）",
+            f"frame too large: {size} bytes (limit {MAX_FRAME_BYTES})",
         )
-    if len(signed) + TAG_BYTES > MAX_FRAME_BYTES:
+    body = frame.payload + bytes(TAG_BYTES) if sealer is None else sealer.seal(frame, head)
+    if len(body) != len(frame.payload) + TAG_BYTES:
         raise BadFrame(
-            f"帧过大：{len(signed) + TAG_BYTES} 字节（上限 {MAX_FRAME_BYTES}）",
-            f"frame too large: {len(signed) + TAG_BYTES} bytes (limit {MAX_FRAME_BYTES})",
+            f"封装后的载荷应为 {len(frame.payload) + TAG_BYTES} 字节，实为 {len(body)}",
+            f"sealed payload must be {len(frame.payload) + TAG_BYTES} bytes, got {len(body)}",
         )
-    return signed + tag
+    return head + body
 
 
-def decode_frame(data: bytes, *, verifier: Verifier | None = None) -> Frame:
-    """Parse one frame from a link; any defect raises :class:`BadFrame`, never anything else."""
+def decode_frame(data: bytes, *, sealer: Sealer | None = None) -> Frame:
+    """Parse one frame from a link; any defect raises :class:`BadFrame`, never anything else.
+
+    With a ``sealer`` the payload is authenticated and decrypted; without one it is
+    returned as sent (the tag stripped, unchecked): enough to read the header.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadFrame(
             f"帧不是字节串：{type(data).__name__}", f"frame is not bytes: {type(data).__name__}"
@@ -307,10 +324,11 @@ def decode_frame(data: bytes, *, verifier: Verifier | None = None) -> Frame:
             raise BadFrame(
                 f"分片编号无效：{index}/{count}", f"invalid fragment index/count: {index}/{count}"
             )
-    signed, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
-    if verifier is not None and not verifier(signed, tag):
-        raise BadFrame("认证标签校验失败", "authentication tag does not verify")
-    return Frame(ftype, kit_id, msg_seq, signed[start:], bool(first & _F_DOWNLINK), index, count)
+    downlink = bool(first & _F_DOWNLINK)
+    if sealer is None:
+        return Frame(ftype, kit_id, msg_seq, data[start:-TAG_BYTES], downlink, index, count)
+    sealed = Frame(ftype, kit_id, msg_seq, data[start:], downlink, index, count)
+    return dataclasses.replace(sealed, payload=sealer.open(sealed, data[:start]))
 
 
 def fragment(
@@ -321,7 +339,7 @@ def fragment(
     *,
     ftype: FrameType = FrameType.ITEMS,
     downlink: bool = False,
-    tagger: Tagger | None = None,
+    sealer: Sealer | None = None,
 ) -> list[bytes]:
     """Frames of at most ``mtu`` bytes carrying ``payload``: one if it fits, else fragments."""
     if not MIN_MTU <= mtu <= MAX_FRAME_BYTES:
@@ -337,7 +355,7 @@ def fragment(
             f"message too large: {len(payload)} bytes (limit {MAX_MESSAGE_BYTES})",
         )
     if len(payload) + SINGLE_OVERHEAD <= mtu:
-        return [encode_frame(Frame(ftype, kit_id, msg_seq, payload, downlink), tagger=tagger)]
+        return [encode_frame(Frame(ftype, kit_id, msg_seq, payload, downlink), sealer=sealer)]
     chunk = mtu - FRAGMENT_OVERHEAD
     count = -(-len(payload) // chunk)
     if count > MAX_FRAGMENTS:
@@ -349,7 +367,7 @@ def fragment(
     return [
         encode_frame(
             Frame(ftype, kit_id, msg_seq, payload[i * chunk : (i + 1) * chunk], downlink, i, count),
-            tagger=tagger,
+            sealer=sealer,
         )
         for i in range(count)
     ]

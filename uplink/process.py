@@ -15,6 +15,7 @@ from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
 from edge.item import Priority
 from edge.service import run_service
+from security.cli import kit_security
 from uplink import registry
 from uplink.link import Link
 from uplink.orders import OrderDesk
@@ -35,6 +36,7 @@ def build(config: KitConfig, edge: AsyncEdgeClient) -> Uplink:
         part_bytes=config.uplink.part_bytes,
         max_fragments=config.uplink.max_fragments,
         poll_s=config.uplink.poll_s,
+        security=kit_security(config),
     )
 
 

@@ -15,6 +15,7 @@ import cbor2
 from edge.client import AsyncEdgeClient
 from edge.errors import EdgeUnavailable, KitError
 from edge.item import Item, Priority, decode, to_wire
+from security.channel import KitSecurity
 from uplink import compact, frames
 from uplink.kinds.ip import IpLink
 from uplink.link import FrameLink, Link, LinkDown, LinkRefused
@@ -43,8 +44,10 @@ class Uplink:
         part_bytes: int = 4 * 1024 * 1024,
         max_fragments: int = 16,
         poll_s: float = 1.0,
+        security: KitSecurity | None = None,
     ) -> None:
         self.kit_id = kit_id
+        self.security = security  # seals narrow frames; None: unsealed (the centre refuses)
         self.links = list(links)
         self.edge = edge
         self.media_dir = media_dir
@@ -53,7 +56,10 @@ class Uplink:
         self.part_bytes = part_bytes
         self.max_fragments = max_fragments
         self.poll_s = poll_s
-        self.msgseq = MessageSequence(self.state_dir / "msgseq")
+        # Sealed frames take their sequences beside the key: a lost state folder must not
+        # restart the sequence (and so the nonces) of a key still in use.
+        seq_path = None if security is None else security.sequence_path
+        self.msgseq = MessageSequence(seq_path or self.state_dir / "msgseq")
         self.inflight: dict[int, dict[str, float]] = {}  # seq -> {link: ack deadline}
         self.transfers: dict[int, Transfer] = {}
         self.sent: OrderedDict[int, list[bytes]] = OrderedDict()
@@ -127,8 +133,13 @@ class Uplink:
 
     def _inbound(self, link: FrameLink, data: bytes) -> None:
         try:
-            frame = frames.decode_frame(data)
+            frame = frames.decode_frame(data, sealer=self.security)
+            refused = None if self.security is None else self.security.fresh(frame)
+            if refused is not None:
+                raise refused
         except frames.BadFrame as exc:
+            if self.security is not None:
+                self.security.refuse(exc, kit_id=self.kit_id, link=link.name, size=len(data))
             log.info("ignored a frame on %s: %s", link.name, exc)
             return
         if not frame.downlink or frame.kit_id != self.kit_id:
@@ -421,14 +432,14 @@ class Uplink:
         entries = entries[: max(fit, 1)]
         payload = compact.pack_items(entries, blobs=blobs)
         msg_seq = self.msgseq.next()
-        pieces = frames.fragment(self.kit_id, msg_seq, payload, link.mtu)
+        pieces = frames.fragment(self.kit_id, msg_seq, payload, link.mtu, sealer=self.security)
         deadline = self._deadline(link, len(pieces) * link.min_interval)
         seqs = await self._mark_sent(link, [s for s, _ in entries], deadline)
         if not seqs:
             return True
         if len(seqs) != len(entries):  # some were acknowledged meanwhile: frame the rest anew
             payload = compact.pack_items([(s, i) for s, i in entries if s in seqs], blobs=blobs)
-            pieces = frames.fragment(self.kit_id, msg_seq, payload, link.mtu)
+            pieces = frames.fragment(self.kit_id, msg_seq, payload, link.mtu, sealer=self.security)
         self.sent[msg_seq] = pieces
         while len(self.sent) > SENT_CACHE:
             self.sent.popitem(last=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import cbor2
+import psycopg
 import pytest
 import requests
 from aiohttp import web
@@ -25,6 +26,7 @@ from centre.config import CentreConfig, KitEntry
 from centre.keys import STORE
 from centre.store import Store
 from edge.item import Item, Kind, MediaRef, Position, new_item, to_wire
+from security import simkeys
 
 T = TypeVar("T")
 CREATED_MS = 1_750_000_000_000
@@ -107,26 +109,50 @@ def answer(resp: requests.Response) -> dict[str, Any]:
 
 
 def dump(config: CentreConfig) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, read with a separate SQLite connection."""
+    """Every row of every table, read with a separate connection (SQLite or PostgreSQL)."""
+    if config.database:
+        with psycopg.connect(config.database) as pg:
+            tables = [
+                r[0]
+                for r in pg.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+                )
+            ]
+            return {
+                t: sorted(pg.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables
+            }
     with closing(sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True)) as db:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
 
 
+def _key(kit_id: int) -> str:
+    return simkeys.kit_pair(kit_id, "default").public_text
+
+
 KITS = (
-    KitEntry(kit_id=7, name="北川一队"),
-    KitEntry(kit_id=8, name="汶川二队"),
-    KitEntry(kit_id=9, name="丢失的设备", enabled=False),
+    KitEntry(kit_id=7, name="北川一队", public_key=_key(7)),
+    KitEntry(kit_id=8, name="汶川二队", public_key=_key(8)),
+    KitEntry(kit_id=9, name="丢失的设备", enabled=False, public_key=_key(9)),
 )
 
 
-@pytest.fixture(name="config")
-def config_fixture(tmp_path: Path) -> CentreConfig:
+STORES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(name="config", params=STORES)
+def config_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> CentreConfig:
+    """A centre on each store: SQLite, and a fresh database of the session's PostgreSQL
+    (modules using it import ``pg_server_fixture`` from pg_helpers)."""
+    database = ""
+    if request.param == "postgresql":
+        database = request.getfixturevalue("pg_server").new_database()
     return CentreConfig(
         listen="127.0.0.1:0",
         data_dir=tmp_path / "centre",
         max_upload_bytes=8 * 1024**2,
         kits=KITS,
+        database=database,
     )
 
 

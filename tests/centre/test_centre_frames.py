@@ -14,15 +14,19 @@ from typing import Any, TypeVar
 
 import pytest
 import requests
-from centre_helpers import KITS, RunningCentre, dump, photo
+from centre_helpers import KITS, STORES, RunningCentre, dump, photo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pg_helpers import pg_server_fixture as pg_server_fixture
 
 from centre.app import GATEWAYS
 from centre.config import CentreConfig, GatewayEntry
 from centre.frames import FrameGateway, choose_ranges, pack_ranges
 from centre.store import Store
 from edge.item import Item, Kind, MediaRef, new_item
+from security import simkeys
+from security.channel import KitSecurity
+from security.state import SecurityState
 from uplink import compact
 from uplink.frames import (
     MTU_BEIDOU,
@@ -54,22 +58,40 @@ LONG = situation(
 )
 
 
+_SEALERS: dict[int, KitSecurity] = {}
+
+
+def sealer(kit: int) -> KitSecurity:
+    """Kit ``kit``'s end of the sealed link (simulation keys; its state in memory)."""
+    if kit not in _SEALERS:
+        centre_public = simkeys.centre_pair("default").public
+        _SEALERS[kit] = KitSecurity(
+            kit, simkeys.kit_pair(kit, "default"), centre_public, SecurityState(Path(":memory:"))
+        )
+    return _SEALERS[kit]
+
+
 def kit_frames(
-    kit: int, msg_seq: int, entries: list[tuple[int, Item]], mtu: int = 78
+    kit: int, msg_seq: int, entries: list[tuple[int, Item]], mtu: int = 78, *, seal: bool = True
 ) -> list[bytes]:
-    """What a kit sends: compact items framed (fragmented when needed) at ``mtu``."""
-    return fragment(kit, msg_seq, compact.pack_items(entries), mtu)
+    """What a kit sends: compact items framed (fragmented when needed) at ``mtu``, sealed
+    (unsealed for a gateway without security)."""
+    payload = compact.pack_items(entries)
+    return fragment(kit, msg_seq, payload, mtu, sealer=sealer(kit) if seal else None)
 
 
 # --- a centre with a UDP gateway (Beidou-sized) and a relay-only one (SMS) ---------------
 
 
-@pytest.fixture(name="config")
-def config_fixture(tmp_path: Path) -> CentreConfig:
+@pytest.fixture(name="config", params=STORES)
+def config_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> CentreConfig:
+    simkeys.install_centre(tmp_path / "centre" / "keys", "default")
+    pg = request.param == "postgresql"
     return CentreConfig(
         listen="127.0.0.1:0",
         data_dir=tmp_path / "centre",
         kits=KITS,
+        database=request.getfixturevalue("pg_server").new_database() if pg else "",
         gateways=(
             GatewayEntry(
                 name="beidou", listen="127.0.0.1:0", mtu=MTU_BEIDOU, missing_after_s=WAIT_S
@@ -104,7 +126,7 @@ class Radio:
         self.sock.settimeout(timeout)
         data, source = self.sock.recvfrom(4096)
         assert source == self.gateway and len(data) <= MTU_BEIDOU
-        frame = decode_frame(data)
+        frame = decode_frame(data, sealer=sealer(7))
         assert frame.downlink and frame.count == 1
         return frame
 
@@ -147,11 +169,13 @@ def test_sos_in_one_beidou_frame_is_stored_once_and_acknowledged_each_time(
     assert ack.kit_id == 7 and SOS_SEQ in acked(ack)
     stored = centre.call(centre.store.item(7, SOS_SEQ))
     assert stored is not None
-    assert stored.item == compact.unpack_items(decode_frame(frame).payload, kit_id=7)[0][1]
+    sent = compact.pack_items([(SOS_SEQ, sos)])
+    assert stored.item == compact.unpack_items(sent, kit_id=7)[0][1]
     assert (stored.link, stored.copies) == ("beidou", 1)
     assert stored.item.text == sos.text and stored.item.position == sos.position
 
-    radio.send(frame)  # the kit lost our ACK and sends the same message again
+    # The kit lost our ACK and sends the item again, framed anew (a new message sequence).
+    radio.send(*kit_frames(7, 2, [(SOS_SEQ, sos)]))
     again = radio.recv()
     assert SOS_SEQ in acked(again) and again.msg_seq > ack.msg_seq
     stored = centre.call(centre.store.item(7, SOS_SEQ))
@@ -193,14 +217,14 @@ def test_bad_frames_get_no_answer_are_logged_and_store_nothing(
     caplog.set_level(logging.INFO, logger="centre.frames")
     (good,) = kit_frames(7, 10, [(1, situation("ok"))])
     corrupted = bytes([0x41]) + good[1:]  # version 2
-    ack_from_kit = encode_frame(Frame(FrameType.ACK, 7, 11, pack_ack([1])))
+    ack_from_kit = encode_frame(Frame(FrameType.ACK, 7, 11, pack_ack([1])), sealer=sealer(7))
     radio.send(
         corrupted,
         good[:12],  # truncated
         bytes(1751),  # over the largest narrow frame
         *kit_frames(99, 1, [(1, situation("who?"))]),  # not enrolled
         *kit_frames(9, 1, [(1, situation("stolen"))]),  # disabled
-        encode_frame(Frame(FrameType.ITEMS, 7, 12, b"\x05garbage")),  # undecodable items
+        encode_frame(Frame(FrameType.ITEMS, 7, 12, b"\x05garbage"), sealer=sealer(7)),  # bad items
         encode_frame(Frame(FrameType.ACK, 7, 13, b"\x01", downlink=True)),  # wrong direction
         ack_from_kit,
     )
@@ -216,7 +240,7 @@ def test_bad_frames_get_no_answer_are_logged_and_store_nothing(
         "kit 99 is not enrolled",
         "kit 9 is disabled",
         "kit 7 message 12: bad items",
-        "dropped a centre→kit frame for kit 7",
+        "not a kit→centre frame",
         "kit 7 sent a message of type ACK",
     ):
         assert reason in logged
@@ -249,13 +273,14 @@ def test_inline_thumbnail_over_narrow_frames_is_complete_at_the_centre(
         media=MediaRef("thumbs/1.webp", len(blob), digest, "image/webp"),
         created_ms=1_750_000_000_000,
     )
-    frames = fragment(7, 40, compact.pack_items([(41, thumb)], blobs={41: blob}), MTU_BEIDOU)
+    payload = compact.pack_items([(41, thumb)], blobs={41: blob})
+    frames = fragment(7, 40, payload, MTU_BEIDOU, sealer=sealer(7))
     radio.send(*frames)
     assert acked(radio.recv()) == {41}
     stored = centre.call(centre.store.item(7, 41))
     assert stored is not None and stored.complete and stored.media_path is not None
     assert (config.media_dir / stored.media_path).read_bytes() == blob
-    radio.send(*frames)  # again: one file, one item
+    radio.send(*fragment(7, 42, payload, MTU_BEIDOU, sealer=sealer(7)))  # again: one file
     assert acked(radio.recv()) == {41}
     assert len(dump(config)["media_files"]) == 1
     assert [p.name for p in (config.media_dir / "7").iterdir()] == [Path(stored.media_path).name]
@@ -276,7 +301,7 @@ def test_relay_posts_frames_and_gets_the_answers_in_the_same_framing(
     )
     assert resp.status_code == 200 and resp.headers["Content-Type"] == "application/octet-stream"
     (answer,) = unpack_relay(resp.content)
-    ack = decode_frame(answer)
+    ack = decode_frame(answer, sealer=sealer(8))
     assert (ack.kit_id, ack.downlink, acked(ack)) == (8, True, {1, 2})
     assert len(answer) <= 140
     stored = centre.call(centre.store.item(8, 2))
@@ -330,7 +355,7 @@ def test_missing_is_asked_after_the_wait_and_at_most_once_per_wait(tmp_path: Pat
     async def test(store: Store) -> None:
         clock = Clock()
         gw = FrameGateway(store, name="beidou", mtu=78, clock=clock, missing_after_s=60.0)
-        frames = kit_frames(7, 5, [(1, LONG)])
+        frames = kit_frames(7, 5, [(1, LONG)], seal=False)
         for i in (0, 3):
             assert await gw.handle(frames[i]) == []
         clock.now += 59
@@ -361,13 +386,13 @@ def test_ack_names_the_received_items_then_the_newest_within_one_frame(tmp_path:
         item = situation("x")
         # 200 ranges of one item each: far more than one 40-byte frame holds.
         await store.ingest(7, [(s, item) for s in range(0, 4000, 20)], link="test")
-        (frame,) = await gw.handle(kit_frames(7, 1, [(2001, item)], mtu=400)[0])
+        (frame,) = await gw.handle(kit_frames(7, 1, [(2001, item)], mtu=400, seal=False)[0])
         ranges = unpack_ack(decode_frame(frame).payload)
         assert len(frame) <= 40
         assert range(2000, 2002) in ranges and ranges[-1] == range(3980, 3981)
         # Many received items in scattered ranges: all named, over several frames.
         scattered = [(s, item) for s in range(5000, 5120, 2)]
-        answer = await gw.handle(kit_frames(7, 2, scattered, mtu=1750)[0])
+        answer = await gw.handle(kit_frames(7, 2, scattered, mtu=1750, seal=False)[0])
         assert len(answer) > 1 and all(len(f) <= 40 for f in answer)
         payload = b"".join(decode_frame(f).payload for f in answer)
         assert {s for s, _ in scattered} <= {s for r in unpack_ack(payload) for s in r}
@@ -380,7 +405,7 @@ def test_ack_names_the_received_items_then_the_newest_within_one_frame(tmp_path:
         # At the smallest MTU an ACK of many items is cut to what 255 fragments carry.
         tiny = FrameGateway(store, name="tiny", mtu=18)
         many = [(s, item) for s in range(6000, 6600, 2)]
-        *first, last = kit_frames(7, 4, many, mtu=1750)
+        *first, last = kit_frames(7, 4, many, mtu=1750, seal=False)
         for frame in first:
             assert await tiny.handle(frame) == []
         answer = await tiny.handle(last)

@@ -12,6 +12,7 @@ from centre_helpers import centre_fixture as centre_fixture  # pytest fixtures, 
 from centre_helpers import config_fixture as config_fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pg_helpers import pg_server_fixture as pg_server_fixture
 
 from edge.item import encode, to_wire
 

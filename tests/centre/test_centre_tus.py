@@ -16,6 +16,7 @@ import requests
 from centre_helpers import RunningCentre, answer, batch, photo
 from centre_helpers import centre_fixture as centre_fixture  # pytest fixtures, found by name
 from centre_helpers import config_fixture as config_fixture
+from pg_helpers import pg_server_fixture as pg_server_fixture
 from tusclient import client
 
 TUS = {"Tus-Resumable": "1.0.0"}

@@ -17,7 +17,7 @@ from edge.item import new_item
 from mesh.config import MeshConfig
 from mesh.radio import DataReceived, Event, MeshRadio
 from mesh.relay import HELLO, LONG_FAST, SEND, CentreRelay, FramePort, MeshFrames, on_air_bytes
-from sim.harness import KIT_ID, centre, centre_items, kit
+from sim.harness import KIT_ID, centre, centre_items, kit, kit_security
 from sim.meshnet import MeshNet
 from sim.meshradio import SimulatedRadio
 from uplink.frames import MTU_MESH
@@ -166,6 +166,7 @@ def test_a_1kb_report_reaches_the_centre_through_another_kit_and_is_acknowledged
                     frame_port=port.address[1],
                     speed=speed,
                 )
+                security = kit_security(KIT_ID, tmp_path / "a-security.sqlite3")
                 uplink = Uplink(
                     KIT_ID,
                     [make(config)],
@@ -174,6 +175,7 @@ def test_a_1kb_report_reaches_the_centre_through_another_kit_and_is_acknowledged
                     k.media_dir,
                     ack_timeouts={"mesh-relay": 60.0},
                     poll_s=0.2,
+                    security=security,
                 )
                 sender = asyncio.create_task(uplink.run())
                 try:
@@ -190,6 +192,7 @@ def test_a_1kb_report_reaches_the_centre_through_another_kit_and_is_acknowledged
                     await asyncio.gather(sender, *tasks, return_exceptions=True)
                     await radio_a.close()
                     await radio_b.close()
+                    security.state.close()
             assert centre_items(data)[seq][0] == 1
             fragments = net.nodes[KIT_A].transmissions
             assert 5 <= fragments <= 8, fragments  # 1 KB in ≈216-byte fragments, no storm

@@ -1,0 +1,1 @@
+"""Kit identity, sealed narrow-link frames, replay protection, enrolment and audit (issue 8)."""
