@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -36,3 +36,23 @@ def nothing_left_open() -> Iterator[None]:
     for thread in set(threading.enumerate()) - threads:
         thread.join(2.0)  # asyncio's per-child waitpid thread ends just after the child
     assert not set(threading.enumerate()) - threads, "threads left running"
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left() -> Iterator[None]:
+    """The thread half of ``nothing_left_open``, for tests whose libraries (ZeroMQ) close
+    their descriptors in their own time."""
+    threads = set(threading.enumerate())
+    yield
+    for thread in set(threading.enumerate()) - threads:
+        thread.join(2.0)
+    assert not set(threading.enumerate()) - threads, "threads left running"
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> None:
+    """Return once ``condition()`` holds; fail the test if it does not within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(step)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq.asyncio
 from conftest import endpoint, start_edge, stop
+from hygiene import no_thread_left, until  # noqa: F401
 
 from centre.schema import DDL, SCHEMA_VERSION
 from centre.store import Store
@@ -28,25 +27,6 @@ from sim.meshradio import Member, SimulatedRadio, demo_team
 pytestmark = pytest.mark.timeout(60)
 LEADER, MEDIC, SEARCHER = 0xA1B2_0001, 0xA1B2_0002, 0xA1B2_0003
 KIT_NODE, REPEATER = 0x4B17_0001, 0x7E00_0001
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_open() -> Iterator[None]:
-    # ZeroMQ closes its descriptors in its own time (sockets are checked in
-    # test_mesh_radio.py); here: no thread of the library or the simulator is left running.
-    threads = set(threading.enumerate())
-    yield
-    for thread in set(threading.enumerate()) - threads:
-        thread.join(2.0)
-    assert not set(threading.enumerate()) - threads, "threads left running"
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def mesh_config(radio: SimulatedRadio, **kw: Any) -> MeshConfig:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 import zmq.asyncio
 from conftest import endpoint, start_edge, stop
 from google.protobuf.message import DecodeError
+from hygiene import no_thread_left, until  # noqa: F401
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,25 +43,6 @@ FIELDS = [
     "snr",
     "age_s",
 ]
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_open() -> Iterator[None]:
-    # ZeroMQ closes its descriptors in its own time (sockets are checked in
-    # test_mesh_radio.py); here: no thread of the library or the simulator is left running.
-    threads = set(threading.enumerate())
-    yield
-    for thread in set(threading.enumerate()) - threads:
-        thread.join(2.0)
-    assert not set(threading.enumerate()) - threads, "threads left running"
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 def mesh_config(radio: SimulatedRadio) -> MeshConfig:
