@@ -10,13 +10,12 @@ phone number.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import TypeVar
 
 from centre.frames import FrameGateway
-from uplink.frames import BadFrame, decode_frame
+from uplink.frames import decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +37,10 @@ async def answer(
         except Exception:
             log.exception("%s: frame from %s not handled", gateway.name, address)
             continue
-        with contextlib.suppress(BadFrame):
-            frame = decode_frame(data)
-            if not frame.downlink:
-                kits[frame.kit_id] = address
+        # Only a frame that passed the checks tells where its kit is now: a forged one
+        # must not redirect the kit's orders and MISSING requests to a stranger.
+        if gateway.authentic is not None:
+            kits[gateway.authentic] = address
         if answers:
             send(address, answers)
 
