@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # System packages the kit and its tests use. Grows as issues land; installed only if missing.
-APT_PACKAGES=(python3 python3-venv sqlite3 ppp gpsd gpsd-clients ffmpeg chromium fonts-wqy-microhei postgresql mosquitto gcc libc6-dev)
+APT_PACKAGES=(python3 python3-venv sqlite3 ppp gpsd gpsd-clients ffmpeg chromium fonts-wqy-microhei postgresql mosquitto gcc libc6-dev faketime)
 
 say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 die() { printf '错误 / error: %s\n' "$*" >&2; exit 1; }
