@@ -6,7 +6,9 @@ throwaway PostgreSQL server (with fsync, as SQLite has synchronous=FULL) is star
 temporary folder. Each simulated kit posts one new item at a time over the IP ingest
 (``POST /v1/items``, one [seq, item] per batch, as a kit on a slow link does) and counts
 it when the answer acknowledges it; kits share 64 HTTP connections. Counted over
-``--seconds`` after a warm-up. The dashboard's first render is measured elsewhere.
+``--seconds`` after a warm-up. Then the dashboard's first render on the SQLite run's data
+(500 kits): from navigation to the feed and the kits' map markers drawn, in headless
+Chromium, median of ``--rounds``.
 Prints progress to stderr and one JSON object as the last line of stdout.
     .venv/bin/python bench/centre.py [--seconds 10] [--kits 500]
 """
@@ -20,6 +22,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,7 @@ from edge.item import Kind, Position, new_item, to_wire
 
 CONNECTIONS = 64
 WARM_UP_S = 3.0
+ROUNDS = 5
 
 
 def say(msg: str) -> None:
@@ -54,7 +58,9 @@ def free_port() -> int:
 class Centre:
     """``kit centre`` in a process, its log in a file."""
 
-    def __init__(self, root: Path, kits: int, database: str, workers: int) -> None:
+    def __init__(
+        self, root: Path, kits: int, database: str, workers: int, data: Path | None = None
+    ) -> None:
         root.mkdir()
         self.port = free_port()
         config = root / "centre.toml"
@@ -62,7 +68,7 @@ class Centre:
             f'[[kits]]\nkit_id = {k}\nname = "kit {k}"\n' for k in range(1, kits + 1)
         )
         config.write_text(
-            f'data_dir = "{root / "data"}"\nlisten = "127.0.0.1:{self.port}"\n'
+            f'data_dir = "{data or root / "data"}"\nlisten = "127.0.0.1:{self.port}"\n'
             f'database = "{database}"\nworkers = {workers}\n{enrolled}',
             encoding="utf-8",
         )
@@ -145,12 +151,60 @@ async def measure(root: Path, name: str, kits: int, seconds: float, db: str, wor
         centre.stop()
 
 
+def first_render_ms(root: Path, kits: int, rounds: int) -> float:
+    """Median ms from navigation to the feed and the kits' markers drawn (logged in)."""
+    from playwright.sync_api import sync_playwright
+
+    from config.web.auth import Users
+
+    data = root / "sqlite" / "data"
+    Users(data / "dashboard" / "operators.json").set("bench", "bench-password")
+    centre = Centre(root / "dashboard", kits, "", 1, data=data)
+    times: list[float] = []
+    try:
+        asyncio.run(_ready(centre))
+        url = f"http://127.0.0.1:{centre.port}"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+            )
+            try:
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                page = context.new_page()
+                page.goto(f"{url}/dashboard/login")
+                page.fill('input[name="user"]', "bench")
+                page.fill('input[name="password"]', "bench-password")
+                page.click('button[type="submit"]')
+                page.wait_for_url(f"{url}/dashboard")
+                for _ in range(rounds):
+                    page.goto(f"{url}/dashboard")
+                    page.wait_for_selector("#feed li.item", timeout=60_000)
+                    page.wait_for_selector(".marker.kit", timeout=60_000)
+                    times.append(float(page.evaluate("performance.now()")))
+                context.close()
+            finally:
+                browser.close()
+    finally:
+        centre.stop()
+    return round(statistics.median(times), 1)
+
+
+async def _ready(centre: Centre) -> None:
+    async with aiohttp.ClientSession() as http:
+        await centre.ready(http)
+
+
 async def main(kits: int, seconds: float) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "centre", "kits": kits, "path": "POST /v1/items, 1 item"}
     with tempfile.TemporaryDirectory(prefix="kit-bench-centre-") as tmp:
         root = Path(tmp)
         say(f"SQLite, one process: {kits} kits for {seconds:.0f} s …")
         result["ingest_per_s_sqlite"] = await measure(root, "sqlite", kits, seconds, "", 1)
+        say(f"dashboard first render, {kits} kits' items, {ROUNDS} rounds …")
+        result["dashboard_first_render_ms"] = await asyncio.to_thread(
+            first_render_ms, root, kits, ROUNDS
+        )
         pg = PgServer()
         try:
             pg.start(fsync=True)

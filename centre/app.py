@@ -17,6 +17,8 @@ from aiohttp import web
 
 from centre import export, ingest, orders, tus
 from centre.config import CentreConfig, build_config, load_config
+from centre.dashboard import cli as dashboard_cli
+from centre.dashboard import views as dashboard
 from centre.db import StoreUnavailable
 from centre.errors import BadCentreConfig, Refused, UnknownKit
 from centre.frames import FrameGateway
@@ -204,6 +206,7 @@ def make_app(config: CentreConfig, role: Role | None = None) -> web.Application:
     orders.add_routes(app)
     tus.add_routes(app)
     export.add_routes(app)
+    dashboard.add_routes(app)  # after the store: its sessions live there
     app.router.add_post("/v1/frames", post_frames)
     return app
 
@@ -274,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     """``kit centre``: 0 after a clean stop, 2 for a bad config or command line."""
     if argv and argv[0] in CENTRE_COMMANDS:
         return centre_command(argv)
+    if argv and argv[0] in dashboard_cli.COMMANDS:
+        return dashboard_cli.main(argv)
     args = _parse_args(argv)
     try:
         config = _config(args)

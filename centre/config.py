@@ -201,6 +201,51 @@ class ExportEntry(BaseModel):
         return self
 
 
+class DashboardSection(BaseModel):
+    """The operators' dashboard (/dashboard): offline map, logins, machine access."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tiles: Path | None = Field(
+        default=None,
+        title="离线地图",
+        description="MBTiles file of map tiles (relative: in data_dir); empty: "
+        "<data_dir>/map.mbtiles if present, else the bundled sample area.",
+    )
+    operators_file: Path = Field(
+        default=Path("dashboard/operators.json"),
+        title="操作员文件",
+        description="Operators' scrypt password hashes (relative: in data_dir), written by "
+        "`kit centre operator add NAME`; nobody can log in until one is added.",
+    )
+    tokens_file: Path = Field(
+        default=Path("dashboard/tokens.json"),
+        title="接口令牌文件",
+        description="Hashes of the bearer tokens machines use for /v1/orders and /v1/export "
+        "(relative: in data_dir), written by `kit centre token add NAME`.",
+    )
+    session_idle_min: int = Field(
+        default=60,
+        ge=5,
+        le=720,
+        title="登录空闲超时",
+        description="Minutes without activity after which an operator's login ends.",
+    )
+    trust_loopback: bool = Field(
+        default=True,
+        title="信任本机程序",
+        description="Programs on the centre's own host (127.0.0.1, ::1) that are not browsers "
+        "may use /v1/orders and /v1/export without a token; turn off behind a reverse proxy.",
+    )
+    feed_limit: int = Field(
+        default=200,
+        ge=10,
+        le=1000,
+        title="报告列表长度",
+        description="Items the dashboard's report feed loads at most per query.",
+    )
+
+
 class CentreConfig(BaseModel):
     """Everything the centre's ingest service needs to start."""
 
@@ -273,6 +318,12 @@ class CentreConfig(BaseModel):
         title="数据导出",
         description="MQTT, webhook and Cursor-on-Target exports (GeoJSON is always served at "
         "GET /v1/export/geojson); run by the first worker, each from its own cursor.",
+    )
+    dashboard: DashboardSection = Field(
+        default_factory=DashboardSection,
+        title="指挥看板",
+        description="The operators' dashboard at /dashboard and who may use the order and "
+        "export APIs.",
     )
     workers: int = Field(
         default=1,

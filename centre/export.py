@@ -31,6 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from centre.config import ExportEntry
+from centre.dashboard.access import require
 from centre.errors import Refused
 from centre.keys import STORE
 from centre.store import FeedEntry, Store
@@ -156,6 +157,7 @@ def _query_int(request: web.Request, name: str, default: int, hi: int) -> int:
 async def get_geojson(request: web.Request) -> web.Response:
     """``GET /v1/export/geojson?since=N&limit=M``: the items after feed position N, as a
     FeatureCollection whose ``next`` is the ``since`` of the next request."""
+    await require(request, write=False)
     since = _query_int(request, "since", 0, 2**63 - 1)
     limit = max(1, _query_int(request, "limit", 500, MAX_PAGE))
     store = request.app[STORE]

@@ -8,23 +8,28 @@ node id for one member); the answer is ``201 {"order_id": n}``. ``GET
 with when and over which link). Orders ride along with the answers the kit gets over
 any link — IP answers and narrow-link ACKs — until the receipt arrives.
 
-Who may send orders is the security issue's (operator login at the dashboard); until it
-lands this API must only be reachable from the command centre's own network.
+Who may use it: a logged-in operator (the dashboard, with its CSRF token), a machine with
+a bearer token, or a program on the centre's own host (see :mod:`centre.dashboard.access`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
 
+from centre.dashboard.access import require
 from centre.errors import Refused
 from centre.keys import STORE
 from uplink.frames import BadFrame
 
+log = logging.getLogger(__name__)
+
 
 async def post_order(request: web.Request) -> web.Response:
+    who = await require(request, write=True)
     try:
         body: Any = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError):
@@ -40,10 +45,12 @@ async def post_order(request: web.Request) -> web.Response:
         order = await request.app[STORE].add_order(kit_id, target, text)
     except BadFrame as err:
         raise Refused(400, err.zh, err.en) from None
+    log.info("order %d for kit %d queued by %s", order.order_id, kit_id, who)
     return web.json_response({"order_id": order.order_id}, status=201)
 
 
 async def get_orders(request: web.Request) -> web.Response:
+    await require(request, write=False)
     raw = request.query.get("kit_id", "")
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
         raise Refused(400, "请用 ?kit_id=1–65535 指明设备", "name the kit: ?kit_id=1..65535")

@@ -108,6 +108,12 @@ function SlippyMap(container, opts) {
     if (z !== undefined) zoom = Math.max(info.minzoom, Math.min(info.maxzoom, z));
     render();
   }
+  function bounds() { // [south, west, north, east] of what the map shows
+    const [ox, oy] = origin();
+    const [n, w] = unproject(ox, oy, zoom);
+    const [s, e] = unproject(ox + container.clientWidth, oy + container.clientHeight, zoom);
+    return [s, w, n, e];
+  }
   render();
-  return { setMarkers, setView, render, view: () => ({ lat, lon, zoom }) };
+  return { setMarkers, setView, render, bounds, view: () => ({ lat, lon, zoom }) };
 }

@@ -1,0 +1,1 @@
+"""The command centre's dashboard: map, report feed, media and orders, behind operator logins."""

@@ -1,0 +1,222 @@
+// The centre's dashboard: kits and team tracks on the offline map, the live report feed
+// with its filters and media, and orders to a kit or a team member with their state.
+"use strict";
+(() => {
+  const { t, el, csrf } = KIT;
+  const info = KIT.data("tileinfo");
+  const kindNames = KIT.data("kinds");
+  const HIDDEN_BY_DEFAULT = ["track", "receipt"];
+  const popup = document.getElementById("popup");
+  const feed = document.getElementById("feed");
+  const filters = document.getElementById("filters");
+  const orderForm = document.getElementById("order");
+  const live = document.getElementById("live");
+  document.getElementById("map-name").textContent = info.name || "";
+  const map = SlippyMap(document.getElementById("map"), { info });
+  let kits = [], members = [], items = new Map(), next = 0, centred = false;
+
+  const when = (ms) => (ms ? new Date(ms).toLocaleString(KIT.lang === "zh" ? "zh-CN" : "en-GB") : t("never"));
+  const ageOf = (ms) => (ms ? KIT.ago((Date.now() - ms) / 1000) : t("never"));
+  async function getJSON(url) {
+    const r = await fetch(url, { cache: "no-store" });
+    if (r.status === 401) { location.href = "/dashboard/login"; throw new Error("logged out"); }
+    if (!r.ok) throw new Error(await r.text());
+    return r.json();
+  }
+  function show(...children) {
+    popup.replaceChildren(el("button", { type: "button", class: "close" }, "×"), ...children);
+    popup.querySelector(".close").onclick = () => { popup.hidden = true; };
+    popup.hidden = false;
+  }
+
+  // -- the map --------------------------------------------------------------------------
+  function drawMap() {
+    const marks = [];
+    for (const k of kits) {
+      if (k.lat === null) continue;
+      marks.push({ lat: k.lat, lon: k.lon, cls: "kit", label: k.name, id: "kit-" + k.kit_id, title: k.name,
+        onClick: () => show(el("h2", {}, k.name + " (#" + k.kit_id + ")"), el("p", {}, t("received") + " " + ageOf(k.last_ms)),
+          el("p", {}, Object.keys(k.links).join(", ")), el("p", {}, k.lat.toFixed(5) + ", " + k.lon.toFixed(5))) });
+    }
+    for (const m of members) {
+      m.points.slice(0, -1).forEach(([la, lo], i) => marks.push({ lat: la, lon: lo, cls: "trail", id: "trail-" + m.node + "-" + i }));
+      const [la, lo, ms] = m.points[m.points.length - 1];
+      marks.push({ lat: la, lon: lo, cls: "member", label: m.node, id: "member-" + m.node, title: m.node,
+        onClick: () => show(el("h2", {}, t("member") + " " + m.node), el("p", {}, when(ms) + " · " + t("battery") + " " + (m.battery_pct ?? "–") + " %"),
+          el("p", {}, m.points.length + " · " + t("kit") + " #" + m.kit_id)) });
+    }
+    for (const it of items.values()) {
+      if (it.lat === null || it.lat === undefined) continue;
+      marks.push({ lat: it.lat, lon: it.lon, cls: "report p" + it.priority, id: "report-" + it.id, title: kindNames[it.kind],
+        onClick: () => show(card(it)) });
+    }
+    map.setMarkers(marks);
+    if (!centred && kits.some((k) => k.lat !== null)) {
+      const k = kits.find((x) => x.lat !== null);
+      map.setView(k.lat, k.lon);
+      centred = true;
+    }
+  }
+
+  // -- kits -----------------------------------------------------------------------------
+  async function loadKits() {
+    kits = (await getJSON("/dashboard/api/kits")).kits;
+    const rows = kits.map((k) => el("tr", { "data-kit": k.kit_id, class: k.enabled ? "" : "disabled" },
+      el("td", {}, k.name, el("small", {}, " #" + k.kit_id)),
+      el("td", {}, ageOf(k.last_ms)),
+      el("td", {}, ...Object.entries(k.links).map(([l, ms]) => el("span", { class: "link", title: when(ms) }, l + " " + ageOf(ms)))),
+      el("td", {}, k.battery_pct === null ? t("not_reported") : k.battery_pct + " %"),
+      el("td", {}, k.backlog === null ? t("not_reported") : String(k.backlog)),
+      el("td", {}, k.lat === null ? "–" : k.lat.toFixed(4) + ", " + k.lon.toFixed(4))));
+    document.getElementById("kit-rows").replaceChildren(...rows);
+    const select = orderForm.elements.kit_id, chosen = select.value;
+    select.replaceChildren(...kits.filter((k) => k.enabled).map((k) => el("option", { value: k.kit_id }, k.name + " #" + k.kit_id)));
+    if (chosen) select.value = chosen;
+    drawMap();
+  }
+  async function loadTracks() {
+    members = (await getJSON("/dashboard/api/tracks")).members;
+    document.getElementById("targets").replaceChildren(
+      el("option", { value: "^all" }, t("whole_team")),
+      ...members.map((m) => el("option", { value: m.node }, t("member") + " " + m.node)));
+    drawMap();
+  }
+
+  // -- the feed -------------------------------------------------------------------------
+  function query() {
+    const f = filters.elements, q = new URLSearchParams();
+    if (f.kind.value) q.set("kind", f.kind.value);
+    if (f.priority.value) q.set("priority", f.priority.value);
+    if (f.since.value) q.set("since_ms", String(new Date(f.since.value).getTime()));
+    if (f.until.value) q.set("until_ms", String(new Date(f.until.value).getTime()));
+    if (f.area.checked) q.set("bbox", map.bounds().map((v) => v.toFixed(6)).join(","));
+    return q;
+  }
+  function matches(it, q) {
+    const kind = q.get("kind");
+    if (kind ? kind !== it.kind : HIDDEN_BY_DEFAULT.includes(it.kind)) return false;
+    if (q.has("priority") && Number(q.get("priority")) !== it.priority) return false;
+    if (q.has("since_ms") && it.created_ms < Number(q.get("since_ms"))) return false;
+    if (q.has("until_ms") && it.created_ms > Number(q.get("until_ms"))) return false;
+    if (q.has("bbox")) {
+      const [s, w, n, e] = q.get("bbox").split(",").map(Number);
+      if (it.lat === null || it.lat < s || it.lat > n || it.lon < w || it.lon > e) return false;
+    }
+    return true;
+  }
+  function mediaOf(it) {
+    const m = it.media;
+    if (!m) return null;
+    if (!m.url) return el("p", { class: "hint" }, t("no_file"));
+    const link = el("a", { href: m.url, download: "" }, t("download") + " (" + KIT.bytes(m.size) + ")");
+    if (m.mime.startsWith("image/")) return el("div", {}, el("a", { href: m.url, target: "_blank" }, el("img", { src: m.url, alt: kindNames[it.kind], loading: "lazy" })));
+    if (m.mime.startsWith("audio/")) return el("div", {}, el("audio", { controls: "", preload: "none", src: m.url }), " ", link);
+    if (m.mime === "video/mp4" || m.mime === "video/webm") return el("div", {}, el("video", { controls: "", preload: "metadata", src: m.url }), " ", link);
+    return el("div", {}, link);
+  }
+  function card(it) {
+    const bits = [];
+    if (it.data && it.data.count !== undefined) bits.push("× " + it.data.count);
+    if (it.data && it.data.sender) bits.push(String(it.data.sender));
+    return el("div", { class: "item-body" },
+      el("h3", {}, el("span", { class: "kind" }, kindNames[it.kind] || it.kind), " ", el("span", { class: "prio p" + it.priority }, "P" + it.priority),
+        " · " + it.kit_name + " · " + when(it.created_ms)),
+      it.text ? el("p", { class: "text" }, it.text) : null,
+      bits.length ? el("p", {}, bits.join(" · ")) : null,
+      mediaOf(it),
+      el("p", { class: "path" }, t("via", { link: it.link }) + " · " + t("received") + " " + when(it.received_ms) + " · " + t("copies", { n: it.copies }) +
+        (it.lat !== null ? " · " + it.lat.toFixed(5) + ", " + it.lon.toFixed(5) : "") + " · " + it.source));
+  }
+  function row(it) {
+    return el("li", { class: "item p" + it.priority + " kind-" + it.kind, "data-id": it.id, "data-kind": it.kind }, card(it));
+  }
+  function drawFeed() {
+    const list = [...items.values()].sort((a, b) => b.feed - a.feed);
+    feed.replaceChildren(...(list.length ? list.map(row) : [el("li", { class: "empty" }, t("no_items"))]));
+  }
+  async function loadFeed() {
+    const d = await getJSON("/dashboard/api/items?" + query());
+    items = new Map(d.items.map((it) => [it.id, it]));
+    next = Math.max(next, d.next);
+    drawFeed();
+    drawMap();
+  }
+  filters.addEventListener("change", loadFeed);
+  document.getElementById("map").addEventListener("pointerup", () => { if (filters.elements.area.checked) loadFeed(); });
+
+  // -- live -----------------------------------------------------------------------------
+  let kitsDue = null;
+  function soon(fn) { // many items at once: one reload
+    clearTimeout(kitsDue);
+    kitsDue = setTimeout(() => { loadKits().catch(() => {}); loadTracks().catch(() => {}); }, 300);
+  }
+  function listen() {
+    const source = new EventSource("/dashboard/events?after=" + next);
+    source.onopen = () => { live.textContent = t("live"); live.className = "live up"; };
+    source.onmessage = (e) => {
+      const d = JSON.parse(e.data);
+      next = Math.max(next, d.next);
+      const q = query();
+      let receipts = false;
+      for (const it of d.items) {
+        if (it.kind === "receipt") receipts = true;
+        if (matches(it, q)) items.set(it.id, it);
+      }
+      drawFeed();
+      soon();
+      if (receipts) loadOrders();
+    };
+    source.onerror = () => {
+      live.textContent = t("offline"); live.className = "live down";
+      if (source.readyState === EventSource.CLOSED) { setTimeout(listen, 2000); }
+    };
+  }
+
+  // -- orders ---------------------------------------------------------------------------
+  function orderState(o) {
+    const parts = [];
+    if (o.state === "queued") parts.push(t("state_queued"));
+    if (o.state === "sent") parts.push(t("state_sent", { n: o.sent }));
+    if (o.state === "delivered") parts.push(t("state_delivered", { link: o.receipt_link || "?" }));
+    if (o.delivered_ms) parts.push(t("handheld", { who: o.delivered_to }) + " · " + when(o.delivered_ms));
+    else if (o.delivery_error) parts.push(t("handheld_failed", { why: o.delivery_error }));
+    return parts.join(" · ");
+  }
+  async function loadOrders() {
+    const kit = orderForm.elements.kit_id.value;
+    if (!kit) return;
+    const d = await getJSON("/v1/orders?kit_id=" + encodeURIComponent(kit));
+    document.getElementById("order-rows").replaceChildren(...d.orders.map((o) =>
+      el("tr", { "data-order": o.order_id, "data-state": o.state },
+        el("td", {}, "#" + o.order_id), el("td", {}, o.target || t("the_kit")), el("td", {}, o.text),
+        el("td", { class: "state" }, orderState(o)))));
+  }
+  orderForm.elements.kit_id.addEventListener("change", loadOrders);
+  orderForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = orderForm.elements, msg = document.getElementById("order-msg");
+    const body = { kit_id: Number(f.kit_id.value), target: f.target.value.trim(), text: f.text.value };
+    const r = await fetch("/v1/orders", { method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() }, body: JSON.stringify(body) });
+    if (r.status === 201) {
+      msg.textContent = t("order_sent", { n: (await r.json()).order_id });
+      msg.className = "msg ok";
+      f.text.value = "";
+    } else {
+      msg.textContent = await r.text();
+      msg.className = "msg error";
+    }
+    loadOrders();
+  });
+  document.getElementById("logout").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    await fetch("/dashboard/logout", { method: "POST", headers: { "X-CSRF-Token": csrf() } });
+    location.href = "/dashboard/login";
+  });
+
+  Promise.all([loadKits(), loadTracks(), loadFeed()]).then(() => {
+    listen();
+    loadOrders();
+    document.body.dataset.ready = "1";
+  });
+  setInterval(() => { loadKits().catch(() => {}); loadOrders().catch(() => {}); }, 10000);
+})();
