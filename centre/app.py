@@ -23,11 +23,13 @@ from centre.db import StoreUnavailable
 from centre.errors import BadCentreConfig, Refused, UnknownKit
 from centre.frames import FrameGateway
 from centre.keys import CONFIG, STORE, UPLOADS
+from centre.kitauth import VERIFIER, kit_auth
 from centre.msggw import Terminal, beidou_gateway, sms_gateway
 from centre.store import Store
 from centre.udpgw import UdpServer, serve_udp
 from centre.uploads import Uploads
 from security.cli import CENTRE_COMMANDS, centre_command, centre_security
+from security.ipauth import RequestVerifier
 from uplink.frames import BadFrame, pack_relay, unpack_relay
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ async def _gateways(app: web.Application) -> AsyncIterator[None]:
     gateways = Gateways()
     app[GATEWAYS] = gateways
     security = centre_security(app[CONFIG])
+    app[VERIFIER] = RequestVerifier(security)
     try:
         for entry in app[CONFIG].gateways:
             gateway = FrameGateway(
@@ -195,7 +198,9 @@ async def open_store(config: CentreConfig) -> Store:
 
 
 def make_app(config: CentreConfig, role: Role | None = None) -> web.Application:
-    app = web.Application(middlewares=[refusals], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[refusals, kit_auth], client_max_size=config.max_body_bytes
+    )
     app[CONFIG] = config
     app[ROLE] = role or Role()
     app.cleanup_ctx.append(_store)

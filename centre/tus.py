@@ -15,6 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from centre.acks import MAX_SEQ
 from centre.errors import Refused
 from centre.keys import CONFIG, STORE, UPLOADS
+from centre.kitauth import require_signed_by
 from centre.uploads import CHECKSUM_ALGORITHMS, Checksum, Upload
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ async def create(request: web.Request) -> web.Response:
         # The file belongs to one item: the metadata names it.
         kit_id = _number(meta.get("kit"), "metadata kit", 65535)
         await request.app[STORE].require_kit(kit_id)
+        require_signed_by(request, kit_id)
         seq = _number(meta.get("seq"), "metadata seq", MAX_SEQ)
         sha256 = meta.get("sha256")
         if sha256 is not None and not _SHA256.match(sha256.lower()):
@@ -186,6 +188,8 @@ async def head(request: web.Request) -> web.Response:
     up = await request.app[UPLOADS].get(upload_id)
     if up is None:
         raise Refused(404, f"上传 {upload_id} 不存在", f"no upload {upload_id}")
+    if up.kit_id is not None:
+        require_signed_by(request, up.kit_id)
     headers = {
         "Upload-Offset": str(up.received),
         "Upload-Length": str(up.length),
@@ -212,6 +216,8 @@ async def patch(request: web.Request) -> web.Response:
     up = await request.app[UPLOADS].get(upload_id)
     if up is None:
         raise Refused(404, f"上传 {upload_id} 不存在", f"no upload {upload_id}")
+    if up.kit_id is not None:
+        require_signed_by(request, up.kit_id)
     size = request.content_length
     if size is not None and offset + size > up.length:
         raise Refused(

@@ -36,6 +36,7 @@ from uplink.frames import BadFrame, Frame
 log = logging.getLogger("security")
 
 _CONTEXT = b"fieldkit narrow v1\x00"
+IP_CONTEXT = b"\x00ip requests v1"  # the IP links' request keys (security.ipauth)
 
 
 class Refusal(BadFrame):
@@ -98,9 +99,9 @@ class KitSecurity(_Audited):
         self.sequence_path = sequence_path  # the kit's message sequences, kept with its key
         self.profile = pair.profile
         self.profile.check_public(centre_public)
-        self._keys = pair.profile.directional(
-            pair.private, centre_public, context(pair.profile, kit_id, pair.public, centre_public)
-        )
+        bound = context(pair.profile, kit_id, pair.public, centre_public)
+        self._keys = pair.profile.directional(pair.private, centre_public, bound)
+        self.ip_keys = pair.profile.directional(pair.private, centre_public, bound + IP_CONTEXT)
         self._peer = fingerprint(centre_public)
         self.state = state
         self.refused = Counter()
@@ -172,6 +173,7 @@ class Enrolled:
 class _Session:
     profile: Profile
     keys: Directional
+    ip: Directional  # the IP links' request keys (security.ipauth)
     peer: bytes  # fingerprint of the kit's public key: a re-provisioned kit starts afresh
 
 
@@ -228,16 +230,24 @@ class CentreSecurity(_Audited):
                 f"套件 {kit_id} 未登记公钥",
                 f"kit {kit_id} is not enrolled (no public key)",
             )
+        bound = context(kit.profile, kit_id, kit.public, centre.public)
         try:
-            keys = kit.profile.directional(
-                centre.private, kit.public, context(kit.profile, kit_id, kit.public, centre.public)
-            )
+            keys = kit.profile.directional(centre.private, kit.public, bound)
+            ip = kit.profile.directional(centre.private, kit.public, bound + IP_CONTEXT)
         except BadKey as err:  # e.g. a small-order X25519 key in the enrolment
             raise Refusal("bad-key", err.zh, err.en) from None
         # The kit derives (up, down) from its side; the same context gives the same pair.
-        session = _Session(kit.profile, keys, fingerprint(kit.public))
+        session = _Session(kit.profile, keys, ip, fingerprint(kit.public))
         self._sessions[kit_id] = session
         return session
+
+    def enrolled(self, kit_id: int) -> bool:
+        """True if ``kit_id`` is enrolled with a public key (revoked or not)."""
+        return kit_id in self._kits
+
+    def session(self, kit_id: int) -> _Session:
+        """The kit's keys; :class:`Refusal` if it is revoked or not enrolled with a key."""
+        return self._session(kit_id)
 
     def seal(self, frame: Frame, header: bytes) -> bytes:
         session = self._session(frame.kit_id)

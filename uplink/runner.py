@@ -16,6 +16,7 @@ from edge.client import AsyncEdgeClient
 from edge.errors import EdgeUnavailable, KitError
 from edge.item import Item, Priority, decode, to_wire
 from security.channel import KitSecurity
+from security.ipauth import RequestSigner
 from uplink import compact, frames
 from uplink.kinds.ip import IpLink
 from uplink.link import FrameLink, Link, LinkDown, LinkRefused
@@ -60,6 +61,8 @@ class Uplink:
         # restart the sequence (and so the nonces) of a key still in use.
         seq_path = None if security is None else security.sequence_path
         self.msgseq = MessageSequence(seq_path or self.state_dir / "msgseq")
+        # IP requests are signed with keys of the same pair, numbered beside the key too.
+        self.signer = None if security is None else RequestSigner.for_kit(security)
         self.inflight: dict[int, dict[str, float]] = {}  # seq -> {link: ack deadline}
         self.transfers: dict[int, Transfer] = {}
         self.sent: OrderedDict[int, list[bytes]] = OrderedDict()
@@ -89,6 +92,7 @@ class Uplink:
             link.on_state = self._link_changed
             if isinstance(link, IpLink):
                 link.kit_id = self.kit_id
+                link.auth = self.signer
                 link.on_acks = self._acks.put_nowait
                 link.on_orders = lambda orders, name=link.name: self._orders(orders, name)
             if isinstance(link, FrameLink):

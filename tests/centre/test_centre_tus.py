@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from centre_helpers import RunningCentre, answer, batch, photo
+from centre_helpers import LAB, RunningCentre, answer, batch, photo
 from centre_helpers import centre_fixture as centre_fixture  # pytest fixtures, found by name
 from centre_helpers import config_fixture as config_fixture
 from pg_helpers import pg_server_fixture as pg_server_fixture
@@ -35,7 +35,7 @@ def create(centre: RunningCentre, length: int, **headers: str) -> requests.Respo
 
 def new_upload(centre: RunningCentre, content: bytes, seq: int, **meta: str) -> str:
     resp = create(
-        centre, len(content), **{"Upload-Metadata": metadata(kit="7", seq=str(seq), **meta)}
+        centre, len(content), **{"Upload-Metadata": metadata(kit=str(LAB), seq=str(seq), **meta)}
     )
     assert resp.status_code == 201, resp.text
     return centre.url + resp.headers["Location"]
@@ -55,7 +55,7 @@ def offset_of(url: str) -> int:
 
 
 def media_file(centre: RunningCentre, seq: int) -> bytes:
-    stored = centre.call(centre.store.item(7, seq))
+    stored = centre.call(centre.store.item(LAB, seq))
     assert stored is not None and stored.media_path is not None
     return (centre.config.media_dir / stored.media_path).read_bytes()
 
@@ -80,22 +80,22 @@ def test_stock_tus_client_uploads_and_resumes_after_an_interruption(
     content = os.urandom(1_500_000)  # the rest goes in one PATCH, beyond the items' body limit
     path = tmp_path / "ruin.jpg"
     path.write_bytes(content)
-    answer(centre.post_items(7, batch([(1, photo(content))])))
+    answer(centre.post_items(LAB, batch([(1, photo(content))])))
     tus = client.TusClient(f"{centre.url}/v1/media")
-    meta = {"kit": "7", "seq": "1", "filename": "ruin.jpg"}
+    meta = {"kit": str(LAB), "seq": "1", "filename": "ruin.jpg"}
     first = tus.uploader(
         file_path=str(path), chunk_size=64 * 1024, metadata=meta, upload_checksum=True
     )
     first.upload(stop_at=128 * 1024)  # the link goes down here
-    assert centre.acks(7) == []
+    assert centre.acks(LAB) == []
     resumed = tus.uploader(file_path=str(path), url=first.url)
     assert resumed.offset == 128 * 1024  # from the centre's HEAD
     resumed.upload()
     assert hashlib.sha256(media_file(centre, 1)).digest() == hashlib.sha256(content).digest()
-    assert centre.acks(7) == [[1, 1]]
-    stored = centre.call(centre.store.item(7, 1))
+    assert centre.acks(LAB) == [[1, 1]]
+    stored = centre.call(centre.store.item(LAB, 1))
     assert stored is not None and stored.media_path is not None
-    assert stored.media_path.startswith("7/1-") and stored.media_path.endswith(".jpg")
+    assert stored.media_path.startswith(f"{LAB}/1-") and stored.media_path.endswith(".jpg")
 
 
 @pytest.mark.parametrize("checked", [False, True])
@@ -106,7 +106,7 @@ def test_link_cut_mid_chunk_and_the_stock_client_resumes(
     path = tmp_path / "clip.mp4"
     path.write_bytes(content)
     url = new_upload(centre, content, 3)
-    answer(centre.post_items(7, batch([(3, photo(content))])))
+    answer(centre.post_items(LAB, batch([(3, photo(content))])))
     head = (
         f"PATCH {urlsplit(url).path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
         "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
@@ -128,7 +128,7 @@ def test_link_cut_mid_chunk_and_the_stock_client_resumes(
     tus = client.TusClient(f"{centre.url}/v1/media")
     tus.uploader(file_path=str(path), url=url, chunk_size=32 * 1024).upload()
     assert media_file(centre, 3) == content
-    assert centre.acks(7) == [[3, 3]]
+    assert centre.acks(LAB) == [[3, 3]]
 
 
 def test_patch_at_the_wrong_offset_is_409(centre: RunningCentre) -> None:
@@ -172,7 +172,7 @@ def test_protocol_errors_have_their_status_and_reason(centre: RunningCentre) -> 
         (patch(url, 0, b"x", **{"Content-Type": "text/plain"}), 415, "offset+octet-stream"),
         (patch(url, 0, b"x", **{"Upload-Checksum": "md5 AAAA"}), 400, "unsupported checksum"),
         (create(centre, 10, **{"Upload-Metadata": metadata(kit="99", seq="1")}), 403, "kit 99"),
-        (create(centre, 10, **{"Upload-Metadata": metadata(kit="7")}), 400, "metadata seq"),
+        (create(centre, 10, **{"Upload-Metadata": metadata(kit=str(LAB))}), 400, "metadata seq"),
         (create(centre, 10, **{"Upload-Metadata": "kit !!!"}), 400, "not base64"),
         (centre.http.post(f"{centre.url}/v1/media", headers=TUS), 400, "Upload-Length"),
     ]
@@ -191,22 +191,22 @@ def test_media_item_is_acknowledged_only_when_record_and_file_both_arrived(
     content = os.urandom(5000)
     item = photo(content)
     if record_first:
-        assert answer(centre.post_items(7, batch([(4, item)])))["acks"] == []
+        assert answer(centre.post_items(LAB, batch([(4, item)])))["acks"] == []
     url = new_upload(centre, content, 4, sha256=hashlib.sha256(content).hexdigest())
     assert patch(url, 0, content).status_code == 204
     if not record_first:
-        assert centre.acks(7) == []
-        assert answer(centre.post_items(7, batch([(4, item)])))["acks"] == [[4, 4]]
-    assert centre.acks(7) == [[4, 4]]
+        assert centre.acks(LAB) == []
+        assert answer(centre.post_items(LAB, batch([(4, item)])))["acks"] == [[4, 4]]
+    assert centre.acks(LAB) == [[4, 4]]
     assert media_file(centre, 4) == content
 
 
 def test_empty_file_is_complete_on_creation(centre: RunningCentre) -> None:
-    answer(centre.post_items(7, batch([(5, photo(b""))])))
+    answer(centre.post_items(LAB, batch([(5, photo(b""))])))
     url = new_upload(centre, b"", 5)
     assert offset_of(url) == 0
     assert media_file(centre, 5) == b""
-    assert centre.acks(7) == [[5, 5]]
+    assert centre.acks(LAB) == [[5, 5]]
 
 
 def test_concurrent_patches_to_one_upload_are_serialised(centre: RunningCentre) -> None:
@@ -216,9 +216,9 @@ def test_concurrent_patches_to_one_upload_are_serialised(centre: RunningCentre) 
         statuses = list(pool.map(lambda b: patch(url, 0, b).status_code, bodies))
     assert sorted(statuses) == [204, 409]
     winner = bodies[statuses.index(204)]
-    answer(centre.post_items(7, batch([(1, photo(winner))])))
+    answer(centre.post_items(LAB, batch([(1, photo(winner))])))
     assert media_file(centre, 1) == winner
-    assert centre.acks(7) == [[1, 1]]
+    assert centre.acks(LAB) == [[1, 1]]
 
 
 def test_whole_file_sha256_mismatch_restarts_the_upload(centre: RunningCentre) -> None:
@@ -235,15 +235,15 @@ def test_file_contradicting_its_record_is_not_linked(centre: RunningCentre) -> N
     right, wrong = os.urandom(2000), os.urandom(2000)
     early = new_upload(centre, wrong, 1)  # the file comes first, without a sha256
     assert patch(early, 0, wrong).status_code == 204
-    assert answer(centre.post_items(7, batch([(1, photo(right))])))["acks"] == []
+    assert answer(centre.post_items(LAB, batch([(1, photo(right))])))["acks"] == []
     # Dropped with its upload, so the kit's next HEAD says to start afresh.
     assert requests.head(early, headers=TUS).status_code == 404
-    assert list((centre.config.media_dir / "7").iterdir()) == []
+    assert list((centre.config.media_dir / str(LAB)).iterdir()) == []
     late = new_upload(centre, wrong, 1)  # the record is here now: checked on arrival
     assert patch(late, 0, wrong).status_code == 460
     fresh = new_upload(centre, right, 1)
     assert patch(fresh, 0, right).status_code == 204
-    assert centre.acks(7) == [[1, 1]]
+    assert centre.acks(LAB) == [[1, 1]]
 
 
 def test_concatenation_bonds_partial_uploads_sent_over_two_links(centre: RunningCentre) -> None:
@@ -257,13 +257,13 @@ def test_concatenation_bonds_partial_uploads_sent_over_two_links(centre: Running
     with ThreadPoolExecutor(2) as pool:
         responses = list(pool.map(patch, urls, [0, 0], halves))
     assert [r.status_code for r in responses] == [204, 204]
-    answer(centre.post_items(7, batch([(6, photo(content))])))
+    answer(centre.post_items(LAB, batch([(6, photo(content))])))
     resp = centre.http.post(
         f"{centre.url}/v1/media",
         headers={
             **TUS,
             "Upload-Concat": "final;" + " ".join(urlsplit(u).path for u in urls),
-            "Upload-Metadata": metadata(kit="7", seq="6"),
+            "Upload-Metadata": metadata(kit=str(LAB), seq="6"),
         },
     )
     assert resp.status_code == 201, resp.text
@@ -272,7 +272,7 @@ def test_concatenation_bonds_partial_uploads_sent_over_two_links(centre: Running
     assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == "200000"
     assert head.headers["Upload-Concat"].startswith("final;")
     assert media_file(centre, 6) == content
-    assert centre.acks(7) == [[6, 6]]
+    assert centre.acks(LAB) == [[6, 6]]
     assert [requests.head(u, headers=TUS).status_code for u in urls] == [404, 404]
 
 
@@ -284,7 +284,7 @@ def test_final_upload_needs_finished_partial_uploads(centre: RunningCentre) -> N
         headers={
             **TUS,
             "Upload-Concat": f"final;{part}",
-            "Upload-Metadata": metadata(kit="7", seq="1"),
+            "Upload-Metadata": metadata(kit=str(LAB), seq="1"),
         },
     )
     assert resp.status_code == 400
@@ -304,8 +304,8 @@ def test_upload_resumes_after_the_centre_restarts(centre: RunningCentre, tmp_pat
         source = tmp_path / "v.bin"
         source.write_bytes(content)
         client.TusClient(f"{again.url}/v1/media").uploader(file_path=str(source), url=url).upload()
-        answer(again.post_items(7, batch([(2, photo(content))])))
-        assert again.acks(7) == [[2, 2]]
+        answer(again.post_items(LAB, batch([(2, photo(content))])))
+        assert again.acks(LAB) == [[2, 2]]
         assert media_file(again, 2) == content
     finally:
         again.stop()
@@ -313,10 +313,10 @@ def test_upload_resumes_after_the_centre_restarts(centre: RunningCentre, tmp_pat
 
 def test_restart_finishes_a_move_that_a_crash_interrupted(centre: RunningCentre) -> None:
     content = os.urandom(1000)
-    answer(centre.post_items(7, batch([(1, photo(content))])))
+    answer(centre.post_items(LAB, batch([(1, photo(content))])))
     url = new_upload(centre, content, 1)
     assert patch(url, 0, content).status_code == 204
-    stored = centre.call(centre.store.item(7, 1))
+    stored = centre.call(centre.store.item(LAB, 1))
     assert stored is not None and stored.media_path is not None
     centre.stop()
     # As if the process died after the commit, before the rename; plus a stray file.

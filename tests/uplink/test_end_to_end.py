@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from edge.item import Kind, Position, new_item
-from sim.harness import KIT_ID, Kit, centre, centre_items, free_port, kit
+from sim.harness import KIT_ID, Kit, centre, centre_items, free_port, kit, security_toml
 from sim.linkemu import LinkConditions
 from sim.linkrelay import DatagramRelay, LinkRelay
 
@@ -174,6 +174,7 @@ def test_report_filed_with_kit_report_reaches_kit_centre_over_an_emulated_link(
                 config.write_text(
                     f'[kit]\nid = {KIT_ID}\nname = "测试套件"\n'
                     '[paths]\ndata_dir = "data"\nruntime_dir = "run"\n'
+                    + security_toml(KIT_ID, tmp_path)
                     + ip_link("satellite", relay.address, 30_000)
                 )
                 kit_run = await asyncio.create_subprocess_exec(

@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sim.harness import centre
+from security.ipauth import RequestSigner
+from sim.harness import centre, kit_security
 from uplink.kinds.ip import Config, PppDial, make
 
 FAKE_PPPD = """#!/bin/sh
@@ -52,6 +53,8 @@ def test_ip_link_is_online_only_while_ppp_is_up_and_redials(tmp_path: Path) -> N
                 )
             )
             link.kit_id = 7
+            security = kit_security(7, tmp_path / "kit-security.sqlite3")
+            link.auth = RequestSigner.for_kit(security)  # kit 7 is enrolled with its key
             link.reconnect_delay = 0.1
             states: list[bool] = []
             link.on_state = lambda lk: states.append(lk.online)
@@ -70,6 +73,7 @@ def test_ip_link_is_online_only_while_ppp_is_up_and_redials(tmp_path: Path) -> N
             finally:
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
+                security.state.close()
             assert link.ppp is not None and not link.ppp.running
         calls = Path(f"{fake}.calls").read_text().splitlines()
         assert calls == ["call tiantong nodetach"] * 2

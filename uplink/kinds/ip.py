@@ -12,10 +12,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import cbor2
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from yarl import URL
 
 from drivers.ppp import PppSession
 from drivers.vsat import ProbeConfig, TerminalMonitor, TerminalStatus
 from edge.topics import DeviceState
+from security import ipauth
+from security.channel import Refusal
+from security.ipauth import RequestSigner
 from uplink.frames import Order
 from uplink.link import Link, LinkDown, LinkRefused
 from uplink.registry import LinkConfigBase
@@ -166,6 +170,7 @@ class IpLink(Link):
         self.reconnect_delay = 0.5
         self.max_reconnect_delay = 5.0
         self.kit_id = 0  # set by the uplink before run()
+        self.auth: RequestSigner | None = None  # signs requests (set by the uplink when keyed)
         self._session: aiohttp.ClientSession | None = None
         self._failed = asyncio.Event()
         self._failure = ""
@@ -273,6 +278,12 @@ class IpLink(Link):
             raise LinkDown(f"链路 {self.name} 不在线", f"link {self.name} is offline")
         url = path if path.startswith("http") else self.config.url + path
         sent = len(data or b"")
+        n = None
+        if self.auth is not None:
+            headers = {**(headers or {}), "Kit-Link": self.name}
+            n, headers[ipauth.HEADER] = self.auth.sign(
+                method, URL(url).raw_path_qs, headers, data or b""
+            )
         t0 = time.monotonic()
         self._meter.begin(t0)
         try:
@@ -282,6 +293,14 @@ class IpLink(Link):
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._meter.end(time.monotonic(), 0)
             raise self._fail(f"{type(exc).__name__}: {exc}") from None
+        if self.auth is not None and n is not None and (200 <= status < 300 or status == 409):
+            try:
+                self.auth.check_answer(n, status, hdrs, body)
+            except Refusal as err:
+                self._meter.end(time.monotonic(), 0)
+                self.stats.errors += 1
+                self.auth.refused_answer(err, self.name)
+                raise self._fail(f"answer not from the centre: {err.en}") from None
         now = time.monotonic()
         sample = self._meter.end(now, sent)
         if sample is not None:
