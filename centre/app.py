@@ -23,13 +23,14 @@ from centre.db import StoreUnavailable
 from centre.errors import BadCentreConfig, Refused, UnknownKit
 from centre.frames import FrameGateway
 from centre.keys import CONFIG, STORE, UPLOADS
-from centre.kitauth import VERIFIER, kit_auth
+from centre.kitauth import TLS, VERIFIER, TlsSlot, kit_auth
 from centre.msggw import Terminal, beidou_gateway, sms_gateway
 from centre.store import Store
 from centre.udpgw import UdpServer, serve_udp
 from centre.uploads import Uploads
 from security.cli import CENTRE_COMMANDS, centre_command, centre_security
 from security.ipauth import RequestVerifier
+from security.tlsid import CentreTls, centre_certificate
 from uplink.frames import BadFrame, pack_relay, unpack_relay
 
 log = logging.getLogger(__name__)
@@ -198,11 +199,10 @@ async def open_store(config: CentreConfig) -> Store:
 
 
 def make_app(config: CentreConfig, role: Role | None = None) -> web.Application:
-    app = web.Application(
-        middlewares=[refusals, kit_auth], client_max_size=config.max_body_bytes
-    )
+    app = web.Application(middlewares=[refusals, kit_auth], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[ROLE] = role or Role()
+    app[TLS] = TlsSlot()
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_gateways)
     app.cleanup_ctx.append(_exports)
@@ -263,10 +263,19 @@ async def serve(
     runner = web.AppRunner(make_app(config, role), shutdown_timeout=10.0)
     await runner.setup()
     try:
+        tls = None
+        if config.tls:
+            if config.tls_cert is not None and config.tls_key is not None:
+                cert, key = config.tls_cert, config.tls_key
+            else:
+                cert, key = centre_certificate(config.keys_dir / "tls", list(config.tls_names))
+            tls = CentreTls(runner.app[VERIFIER].security, cert, key)
+            runner.app[TLS].tls = tls
+        ssl_context = None if tls is None else tls.base
         site: web.BaseSite = (
-            web.TCPSite(runner, config.host, config.port)
+            web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
             if sock is None
-            else web.SockSite(runner, sock)
+            else web.SockSite(runner, sock, ssl_context=ssl_context)
         )
         await site.start()
         log.info("centre listening on %s, data in %s", runner.addresses, config.data_dir)

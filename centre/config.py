@@ -262,6 +262,29 @@ class CentreConfig(BaseModel):
         title="数据目录",
         description="Folder for the SQLite store and the media folder; created if missing.",
     )
+    tls: bool = Field(
+        default=False,
+        title="HTTPS",
+        description="Serve HTTPS. Kits enrolled with a key must then connect with the TLS "
+        "identity derived from their keys (mutual authentication; kit URLs https://); "
+        "browsers get tls_cert (made self-signed in keys/tls on first start if empty).",
+    )
+    tls_cert: Path | None = Field(
+        default=None,
+        title="证书",
+        description="PEM certificate (and tls_key) for browsers on the dashboard; empty: "
+        "keys/tls/tls.crt in the data folder, made self-signed for tls_names.",
+    )
+    tls_key: Path | None = Field(
+        default=None, title="证书私钥", description="PEM private key of tls_cert."
+    )
+    tls_names: tuple[str, ...] = Field(
+        default=("localhost",),
+        min_length=1,
+        max_length=16,
+        title="证书名称",
+        description="Host names of the self-signed certificate made when tls_cert is empty.",
+    )
     max_upload_bytes: int = Field(
         default=4 * 1024**3,
         ge=1,

@@ -11,6 +11,7 @@ is refused by the handlers.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -18,9 +19,20 @@ from centre import ingest
 from centre.errors import Refused
 from security.channel import Refusal
 from security.ipauth import HEADER, RequestVerifier
+from security.tlsid import CentreTls
 
 KIT = web.RequestKey("kit", int)  # the kit whose signature this request carries
 VERIFIER = web.AppKey("kit_verifier", RequestVerifier)
+
+
+@dataclass
+class TlsSlot:
+    """Where ``serve`` puts the centre's TLS (made after the application has started)."""
+
+    tls: CentreTls | None = None
+
+
+TLS = web.AppKey("kit_tls", TlsSlot)
 SIGNED_PATHS = ("/v1/items", "/v1/acks", "/v1/media")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,6 +79,18 @@ async def kit_auth(request: web.Request, handler: Handler) -> web.StreamResponse
             "a signed chunk must carry Upload-Checksum (it is what the signature covers)",
         )
     link = ingest.link_of(request)
+    tls = request.app[TLS].tls
+    if tls is not None:
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        holder = None if ssl_object is None else tls.kit_of(ssl_object)
+        if holder != kit_id:
+            err = Refusal(
+                "tls-identity",
+                f"TLS 身份（{holder or '无'}）与 Kit-Id {kit_id} 不符",
+                f"the TLS identity ({holder or 'none'}) is not kit {kit_id}",
+            )
+            verifier.refuse(err, kit_id=kit_id, link=link, what=f"{request.method} {request.path}")
+            raise Refused(401, err.zh, err.en)
     try:
         n = verifier.verify(kit_id, request.method, request.raw_path, request.headers, body)
     except Refusal as err:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import OrderedDict, deque
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ from mesh.radio import (
 from mesh.relay import CentreRelay, FramePort, MeshFrames
 from mesh.reports import position_item, text_item
 from mesh.roster import team_roster
+from security import tlsid
+from security.cli import kit_security
 
 log = logging.getLogger("mesh")
 
@@ -143,6 +146,7 @@ class MeshService:
         *,
         team_min_s: float = TEAM_MIN_S,
         team_every_s: float = TEAM_EVERY_S,
+        relay_tls: tuple[ssl.SSLContext, str] | None = None,
     ) -> None:
         self.mesh = mesh
         self.edge = edge
@@ -151,7 +155,7 @@ class MeshService:
         self.radio.on_event = self.on_event
         self.radio.on_change = self._note_change
         self.queue = Handover(mesh.queue_size)
-        self.frames = relay_frames(mesh, self.radio)
+        self.frames = relay_frames(mesh, self.radio, relay_tls)
         self.accepted = 0
         self.orders_sent = 0
         self.orders_delivered = 0
@@ -469,13 +473,36 @@ def order_text(order: topics.OrderReceived) -> str:
     return _fit(f"【指挥中心】{order.text}")
 
 
-def relay_frames(mesh: MeshConfig, radio: MeshRadio) -> MeshFrames:
+def relay_frames(
+    mesh: MeshConfig, radio: MeshRadio, tls: tuple[ssl.SSLContext, str] | None = None
+) -> MeshFrames:
     """The frame port for this kit's meshrelay link and the relay for other kits, as configured."""
     port = FramePort(radio, mesh.frame_port) if mesh.frame_port else None
     relay = None
     if mesh.relay_url:
-        relay = CentreRelay(radio, mesh.relay_url, mesh.relay_gateway, queue_size=mesh.relay_queue)
+        ctx, name = tls if tls is not None else (None, None)
+        relay = CentreRelay(
+            radio,
+            mesh.relay_url,
+            mesh.relay_gateway,
+            queue_size=mesh.relay_queue,
+            tls=ctx,
+            server_hostname=name,
+        )
     return MeshFrames(port, relay)
+
+
+def _relay_tls(config: KitConfig, mesh: MeshConfig) -> tuple[ssl.SSLContext, str] | None:
+    """An https relay posts with this kit's mutual-TLS identity (security.tlsid)."""
+    if not (mesh.relay_url or "").startswith("https://"):
+        return None
+    security = kit_security(config)
+    if security is None:
+        return None  # no keys: the system's certificate store, no client certificate
+    try:
+        return tlsid.kit_context(security), tlsid.server_name(config.kit.id)
+    finally:
+        security.state.close()
 
 
 async def serve(
@@ -498,7 +525,9 @@ async def serve(
         topics.BATTERY_LEVEL,
     )
     try:
-        await MeshService(mesh, edge, publisher).run(stop, bus_in)
+        await MeshService(mesh, edge, publisher, relay_tls=_relay_tls(config, mesh)).run(
+            stop, bus_in
+        )
     finally:
         bus_in.close()
         publisher.close()

@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import math
+import ssl
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -206,9 +207,15 @@ class CentreRelay:
         queue_size: int = 64,
         retry_min_s: float = RETRY_MIN_S,
         retry_max_s: float = RETRY_MAX_S,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.radio = radio
         self.url = url.rstrip("/") + "/v1/frames"
+        # https: this kit's mutual-TLS identity (security.tlsid); frames are sealed anyway.
+        self.tls: dict[str, Any] = {}
+        if tls is not None:
+            self.tls = {"ssl": tls, "server_hostname": server_hostname}
         self.gateway = gateway
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
@@ -276,7 +283,9 @@ class CentreRelay:
 
     async def _post(self, session: aiohttp.ClientSession, batch: list[bytes]) -> list[bytes]:
         headers = {"Kit-Link": self.gateway, "Content-Type": "application/octet-stream"}
-        async with session.post(self.url, data=pack_relay(batch), headers=headers) as resp:
+        async with session.post(
+            self.url, data=pack_relay(batch), headers=headers, **self.tls
+        ) as resp:
             body = await resp.read()
             if resp.status >= 500:
                 raise aiohttp.ClientError(f"centre answered {resp.status}")

@@ -37,6 +37,7 @@ log = logging.getLogger("security")
 
 _CONTEXT = b"fieldkit narrow v1\x00"
 IP_CONTEXT = b"\x00ip requests v1"  # the IP links' request keys (security.ipauth)
+TLS_CONTEXT = b"\x00tls identities v1"  # the IP links' TLS identities (security.tlsid)
 
 
 class Refusal(BadFrame):
@@ -102,6 +103,7 @@ class KitSecurity(_Audited):
         bound = context(pair.profile, kit_id, pair.public, centre_public)
         self._keys = pair.profile.directional(pair.private, centre_public, bound)
         self.ip_keys = pair.profile.directional(pair.private, centre_public, bound + IP_CONTEXT)
+        self.tls_seeds = pair.profile.directional(pair.private, centre_public, bound + TLS_CONTEXT)
         self._peer = fingerprint(centre_public)
         self.state = state
         self.refused = Counter()
@@ -174,6 +176,7 @@ class _Session:
     profile: Profile
     keys: Directional
     ip: Directional  # the IP links' request keys (security.ipauth)
+    tls: Directional  # seeds of the pair's TLS identities (security.tlsid)
     peer: bytes  # fingerprint of the kit's public key: a re-provisioned kit starts afresh
 
 
@@ -234,10 +237,11 @@ class CentreSecurity(_Audited):
         try:
             keys = kit.profile.directional(centre.private, kit.public, bound)
             ip = kit.profile.directional(centre.private, kit.public, bound + IP_CONTEXT)
+            tls = kit.profile.directional(centre.private, kit.public, bound + TLS_CONTEXT)
         except BadKey as err:  # e.g. a small-order X25519 key in the enrolment
             raise Refusal("bad-key", err.zh, err.en) from None
         # The kit derives (up, down) from its side; the same context gives the same pair.
-        session = _Session(kit.profile, keys, ip, fingerprint(kit.public))
+        session = _Session(kit.profile, keys, ip, tls, fingerprint(kit.public))
         self._sessions[kit_id] = session
         return session
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import socket
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,12 +24,12 @@ from hygiene import nothing_left_open, until  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from centre.app import make_app
+from centre.app import make_app, serve
 from centre.config import CentreConfig, KitEntry
 from centre.keys import STORE
 from centre.kitauth import VERIFIER
 from edge.item import Item, Kind, MediaRef, new_item, to_wire
-from security import simkeys
+from security import simkeys, tlsid
 from security.channel import KitSecurity, Refusal
 from security.ipauth import HEADER, RequestSigner, RequestVerifier
 from security.state import SecurityState
@@ -356,3 +358,105 @@ def test_any_kit_auth_header_is_refused_with_a_reason_or_verified(
         assert err.value.reason in {"unsigned", "malformed", "forged"}
     finally:
         state.close()
+
+
+# --- mutual TLS (security.tlsid) ---------------------------------------------------------
+
+
+def _client(cert_from: KitSecurity | None, *, verify: Path | None = None) -> ssl.SSLContext:
+    """A TLS client: with ``cert_from``'s derived client certificate, trusting ``verify``
+    (or nothing checked, to see what the centre itself accepts)."""
+    ctx = tlsid.kit_context(cert_from) if cert_from else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.load_verify_locations(verify)
+    return ctx
+
+
+@pytest.mark.parametrize("prof", PROFILES)
+def test_mutual_tls_with_identities_derived_from_the_enrolled_keys(
+    tmp_path: Path, prof: str
+) -> None:
+    async def main() -> None:
+        kits = [
+            KitEntry(
+                kit_id=k,
+                name=f"队 {k}",
+                profile=prof,  # type: ignore[arg-type]
+                public_key=simkeys.kit_pair(k, prof).public_text,
+            )
+            for k in (KIT, REVOKED)
+        ]
+        config = CentreConfig(
+            listen="127.0.0.1:0", data_dir=tmp_path / "centre", kits=kits, tls=True
+        )
+        simkeys.install_centre(config.keys_dir, prof)
+        sock = socket.create_server(("127.0.0.1", 0))
+        url = f"https://127.0.0.1:{sock.getsockname()[1]}"
+        stop = asyncio.Event()
+        serving = asyncio.create_task(serve(config, sock=sock, stop=stop))
+        signer = kit_end(tmp_path, KIT, prof)
+        stranger = kit_end(tmp_path, STRANGER, prof, claims=KIT)
+        revoked = kit_end(tmp_path, REVOKED, prof)
+        try:
+            state = SecurityState(config.security_db)
+            state.revoke(REVOKED, "丢失 / lost")
+            state.close()
+            link = IpLink(Config(kind="ip", name="vsat", url=url, rate=100_000))
+            link.kit_id, link.auth = KIT, signer
+            acks: list[tuple[int, int]] = []
+            link.on_acks = acks.extend
+            running = asyncio.create_task(link.run())
+            try:
+                await until(lambda: link.online, timeout=20)
+                await link.post_items([(1, to_wire(report("经 TLS 送达")))])
+                assert acks == [(1, 1)]
+            finally:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+            body = batch((2, report("没有 TLS 身份")))
+            hdrs = {"Kit-Id": str(KIT), "Kit-Link": "vsat"}
+            async with aiohttp.ClientSession() as http:
+                # Kit 7's signature, but not over kit 7's TLS identity: refused.
+                _, hdrs[HEADER] = signer.sign("POST", "/v1/items", hdrs, body)
+                async with http.post(
+                    url + "/v1/items", data=body, headers=hdrs, ssl=_client(None)
+                ) as resp:
+                    assert resp.status == 401
+                    assert "TLS identity" in await resp.text()
+                # A stranger's certificate, or a revoked kit's, does not finish a handshake.
+                for who, kit_id in ((stranger, KIT), (revoked, REVOKED)):
+                    with pytest.raises(aiohttp.ClientError):
+                        async with http.get(
+                            url + "/v1/acks",
+                            headers={"Kit-Id": str(kit_id)},
+                            ssl=_client(who.kit),
+                            server_hostname=tlsid.server_name(kit_id),
+                        ):
+                            pass
+                # A browser gets the centre's own certificate (made on first start).
+                tls_cert = config.keys_dir / "tls" / "tls.crt"
+                async with http.get(
+                    url + "/v1/acks",
+                    ssl=_client(None, verify=tls_cert),
+                    server_hostname="localhost",
+                ) as resp:
+                    assert resp.status == 400  # no Kit-Id: a refusal, over a working TLS
+            state = SecurityState(config.security_db)
+            try:
+                audited = Counter(r for _, r, _, _ in state.audit_rows("tls-refused"))
+                assert audited == Counter(revoked=1)  # the stranger fails at the certificate
+                assert Counter(r for _, r, _, _ in state.audit_rows("request-refused")) == Counter(
+                    {"tls-identity": 1}
+                )
+            finally:
+                state.close()
+        finally:
+            stop.set()
+            await serving
+            for s in (signer, stranger, revoked):
+                s.kit.state.close()
+
+    run(main())

@@ -19,10 +19,12 @@ from sim.linkrelay import DatagramRelay, LinkRelay
 ACKNOWLEDGED = 2
 
 
-def ip_link(name: str, address: tuple[str, int], rate: float, **extra: object) -> str:
+def ip_link(
+    name: str, address: tuple[str, int], rate: float, scheme: str = "http", **extra: object
+) -> str:
     more = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in extra.items())
     return (
-        f'[[links]]\nkind = "ip"\nname = "{name}"\nurl = "http://{address[0]}:{address[1]}"\n'
+        f'[[links]]\nkind = "ip"\nname = "{name}"\nurl = "{scheme}://{address[0]}:{address[1]}"\n'
         f"rate = {rate}\nrtt = 0.3\nack_timeout = 5\nprobe_interval = 0.5\ntimeout = 5\n"
         f"chunk_bytes = 65536\n{more}"
     )
@@ -165,8 +167,11 @@ def test_every_item_reaches_the_centre_exactly_once_over_flapping_links(tmp_path
 def test_report_filed_with_kit_report_reaches_kit_centre_over_an_emulated_link(
     tmp_path: Path,
 ) -> None:
+    """Over HTTPS: the kit and the centre authenticate each other with the TLS identities
+    derived from the kit's enrolled keys (security.tlsid)."""
+
     async def go() -> None:
-        async with centre(tmp_path) as (url, centre_dir):
+        async with centre(tmp_path, tls=True) as (url, centre_dir):
             port = int(url.rsplit(":", 1)[1])
             conditions = LinkConditions(rate=30_000, rtt=0.8, loss=0.01)
             async with LinkRelay(("127.0.0.1", 0), ("127.0.0.1", port), conditions) as relay:
@@ -175,7 +180,7 @@ def test_report_filed_with_kit_report_reaches_kit_centre_over_an_emulated_link(
                     f'[kit]\nid = {KIT_ID}\nname = "测试套件"\n'
                     '[paths]\ndata_dir = "data"\nruntime_dir = "run"\n'
                     + security_toml(KIT_ID, tmp_path)
-                    + ip_link("satellite", relay.address, 30_000)
+                    + ip_link("satellite", relay.address, 30_000, scheme="https")
                 )
                 kit_run = await asyncio.create_subprocess_exec(
                     sys.executable,

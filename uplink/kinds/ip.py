@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,7 +18,7 @@ from yarl import URL
 from drivers.ppp import PppSession
 from drivers.vsat import ProbeConfig, TerminalMonitor, TerminalStatus
 from edge.topics import DeviceState
-from security import ipauth
+from security import ipauth, tlsid
 from security.channel import Refusal
 from security.ipauth import RequestSigner
 from uplink.frames import Order
@@ -171,6 +172,7 @@ class IpLink(Link):
         self.max_reconnect_delay = 5.0
         self.kit_id = 0  # set by the uplink before run()
         self.auth: RequestSigner | None = None  # signs requests (set by the uplink when keyed)
+        self._tls: ssl.SSLContext | None = None
         self._session: aiohttp.ClientSession | None = None
         self._failed = asyncio.Event()
         self._failure = ""
@@ -233,6 +235,9 @@ class IpLink(Link):
                 raise LinkDown(f"{self.name} 拨号失败：{zh}", f"{self.name}: dial-up failed: {en}")
             # Requests leave from the PPP address, whatever the default route is.
             connector = aiohttp.TCPConnector(local_addr=(self.ppp.local_ip or "0.0.0.0", 0))
+        if self.auth is not None and self.config.url.startswith("https://"):
+            # Mutual TLS with the identities derived from the kit's enrolled keys.
+            self._tls = tlsid.kit_context(self.auth.kit)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
@@ -287,7 +292,12 @@ class IpLink(Link):
         t0 = time.monotonic()
         self._meter.begin(t0)
         try:
-            async with self._session.request(method, url, data=data, headers=headers) as resp:
+            tls: dict[str, Any] = {}
+            if self._tls is not None:
+                tls = {"ssl": self._tls, "server_hostname": tlsid.server_name(self.kit_id)}
+            async with self._session.request(
+                method, url, data=data, headers=headers, **tls
+            ) as resp:
                 body = await resp.read()
                 status, hdrs = resp.status, dict(resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
