@@ -80,6 +80,18 @@ class GpioConfig(BaseModel):
     buzzer_pin: int | None = _pin(
         "蜂鸣器引脚 / Buzzer pin", "BCM number of an active (on/off) buzzer; empty: none."
     )
+    wipe_pin: int | None = _pin(
+        "销毁密钥按钮引脚 / Key-wipe button pin",
+        "BCM number of a recessed button that destroys the kit's keys when held wipe_hold_s "
+        "(a kit about to be abandoned); empty: none.",
+    )
+    wipe_hold_s: float = Field(
+        10.0,
+        title="销毁密钥长按时间 / Key-wipe hold time",
+        description="Seconds the key-wipe button must be held: long, so no knock wipes a kit.",
+        ge=5.0,
+        le=60.0,
+    )
     active_high: bool = Field(
         True,
         title="高电平点亮 / Outputs active high",
@@ -144,7 +156,14 @@ class GpioConfig(BaseModel):
         return {f: getattr(self, f) for f in PIN_FIELDS if getattr(self, f) is not None}
 
 
-PIN_FIELDS = ("button_pin", "link_led_pin", "queue_led_pin", "battery_led_pin", "buzzer_pin")
+PIN_FIELDS = (
+    "button_pin",
+    "link_led_pin",
+    "queue_led_pin",
+    "battery_led_pin",
+    "buzzer_pin",
+    "wipe_pin",
+)
 
 
 # --- the SOS button --------------------------------------------------------------------
@@ -482,6 +501,61 @@ def _simulated_factory() -> PinFactory:
     return MockFactory(pin_class=MockPWMPin)
 
 
+class WipeButton:
+    """A recessed button that destroys the kit's keys: held ``hold_s`` → ``on_wipe`` once
+    per press (a second hold without a release does nothing more)."""
+
+    def __init__(
+        self,
+        pin: int,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_wipe: Callback,
+        pin_factory: PinFactory,
+        pull_up: bool,
+        hold_s: float,
+    ) -> None:
+        self._loop = loop
+        self.on_wipe = on_wipe
+        self.wipes = 0
+        self._pressed_high = not pull_up
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.device: Any = Button(
+            pin, pull_up=pull_up, hold_time=hold_s, hold_repeat=False, pin_factory=pin_factory
+        )
+        self.device.when_held = self._gpio_held
+
+    @property
+    def simulated(self) -> SimulatedButton:
+        if not isinstance(self.device.pin_factory, MockFactory):
+            raise NotSimulated(
+                "销毁密钥按钮不在模拟引脚上", "the key-wipe button is not on simulated pins"
+            )
+        return SimulatedButton(self.device.pin, self._pressed_high)
+
+    def _gpio_held(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the kit is stopping
+            self._loop.call_soon_threadsafe(self._held)
+
+    def _held(self) -> None:
+        self.wipes += 1
+        log.warning("销毁密钥按钮被长按 / key-wipe button held: destroying the kit's keys")
+
+        async def guarded() -> None:
+            try:
+                await _call(self.on_wipe)
+            except Exception:
+                log.exception("key wipe failed")
+
+        task = self._loop.create_task(guarded(), name="key-wipe")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        self.device.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # a wipe runs to its end
+
+
 class GpioPanel:
     """The SOS button, LEDs and buzzer as one device.
 
@@ -502,12 +576,15 @@ class GpioPanel:
         *,
         on_sos: Callback,
         on_short_press: Callback | None = None,
+        on_wipe: Callback | None = None,
         backend: PinFactory | None = None,
         name: str = "panel",
     ) -> None:
         self.name = name
         self.config = config
         self._on_sos = on_sos
+        self._on_wipe = on_wipe
+        self.wipe_button: WipeButton | None = None
         self._on_short_press = on_short_press
         self._given = backend
         self._factory: PinFactory | None = None
@@ -556,6 +633,19 @@ class GpioPanel:
                     bounce_s=c.bounce_s,
                 ),
             )
+        wipe_pin, on_wipe = c.wipe_pin, self._on_wipe
+        if wipe_pin is not None and on_wipe is not None:
+            self.wipe_button = self._open(
+                "wipe_pin",
+                lambda: WipeButton(
+                    wipe_pin,
+                    loop=loop,
+                    on_wipe=on_wipe,
+                    pin_factory=factory,
+                    pull_up=c.pull_up,
+                    hold_s=c.wipe_hold_s,
+                ),
+            )
         opened = {}
         for name, cls in (
             ("link_led", LED),
@@ -581,6 +671,9 @@ class GpioPanel:
         if self.button is not None:
             await self.button.close()
             self.button = None
+        if self.wipe_button is not None:
+            await self.wipe_button.close()
+            self.wipe_button = None
         for device in self._devices:
             device.close()
         self._devices.clear()
@@ -630,7 +723,7 @@ class GpioPanel:
             self.problems[field] = f"GPIO{pin}: {exc}"
             log.error("cannot claim GPIO%s for %s: %s", pin, field, exc)
             return None
-        if not isinstance(made, SosButton):  # the button closes itself (it has tasks)
+        if not isinstance(made, (SosButton, WipeButton)):  # buttons close themselves (tasks)
             self._devices.append(made)
         return made
 

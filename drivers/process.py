@@ -288,7 +288,15 @@ def _battery(config: KitConfig) -> Battery | None:
 
 
 def _panel(config: KitConfig, on_sos: Callable[[], Awaitable[None]]) -> GpioPanel | None:
-    return GpioPanel(config.gpio, on_sos=on_sos) if config.gpio.pins else None
+    if not config.gpio.pins:
+        return None
+
+    async def on_wipe() -> None:
+        from security.cli import wipe_kit_keys
+
+        await asyncio.to_thread(wipe_kit_keys, config, f"GPIO{config.gpio.wipe_pin} button")
+
+    return GpioPanel(config.gpio, on_sos=on_sos, on_wipe=on_wipe)
 
 
 async def serve(config: KitConfig, stop: asyncio.Event) -> None:

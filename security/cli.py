@@ -85,14 +85,25 @@ def wipe_main(config: KitConfig, yes: bool) -> int:
             file=sys.stderr,
         )
         return 2
+    wiped = wipe_kit_keys(config, "command line")
+    print(f"已销毁 {len(wiped)} 个密钥文件 / wiped {len(wiped)} key files")
+    return 0
+
+
+def wipe_kit_keys(config: KitConfig, how: str) -> list[Path]:
+    """Destroy the kit's keys and audit who did it (``how``: the command line, the web
+    page's user, the GPIO button). The running processes keep the keys they derived in
+    memory until they stop: power the kit off after a wipe."""
     wiped = wipe(config.keys_dir)
     state = SecurityState(config.paths.data_dir / KIT_STATE)
     try:
-        state.audit("key-wiped", config.kit.id, "wipe", ", ".join(p.name for p in wiped))
+        state.audit("key-wiped", config.kit.id, "wipe", ", ".join(p.name for p in wiped), how)
     finally:
         state.close()
-    print(f"已销毁 {len(wiped)} 个密钥文件 / wiped {len(wiped)} key files")
-    return 0
+    log.warning(
+        "已销毁 %d 个密钥文件（%s）/ wiped %d key files (%s)", len(wiped), how, len(wiped), how
+    )
+    return wiped
 
 
 # -- the centre's commands ----------------------------------------------------------------

@@ -339,6 +339,14 @@ def raw_body(
 <p><a href="/config">{esc(tr("返回表单", "Back to the form"))}</a></p>"""
 
 
+def wipe_card(tr: Tr, *, csrf: str, kit_id: int) -> str:
+    return f"""<section class="card danger"><h2>{esc(tr("销毁密钥", "Wipe the keys"))}</h2>
+<p>{esc(tr("套件将被遗弃或可能落入他人之手时使用：本机密钥被覆盖删除，之后不能再向指挥中心发送，须重新生成并登记。", "For a kit about to be abandoned or captured: the kit's keys are overwritten and deleted; it can no longer reach the centre until provisioned and enrolled anew."))}</p>
+<form method="post" action="/config/wipe-keys" id="wipe-form"><input type="hidden" name="csrf" value="{esc(csrf)}">
+<label>{esc(tr(f"输入本机编号 {kit_id} 以确认", f"Type this kit's id, {kit_id}, to confirm"))} <input name="confirm" inputmode="numeric" autocomplete="off" required></label>
+<button type="submit" class="danger" id="wipe">{esc(tr("销毁密钥", "Wipe keys"))}</button></form></section>"""
+
+
 def message_body(tr: Tr, title: str, text: str) -> str:
     return f'<h1>{esc(title)}</h1><p class="error">{esc(text)}</p>'
 

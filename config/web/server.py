@@ -496,8 +496,44 @@ class KitWeb:
             notice=notice,
             audit=self.file.audit_entries(),
         )
+        body += pages.wipe_card(tr, csrf=self.token(request), kit_id=config.kit.id)
         return self.page(
             request, title=tr("配置", "Configuration"), body=body, active="config", status=status
+        )
+
+    async def wipe_keys(self, request: web.Request) -> web.StreamResponse:
+        """Destroy the kit's keys (a kit about to be abandoned): a login, the CSRF token
+        (middleware) and this kit's id typed as confirmation."""
+        user = self._require_user(request)
+        post = await request.post()
+        tr = self.tr(request)
+        kit_id = self.config.kit.id
+        if str(post.get("confirm", "")).strip() != str(kit_id):
+            text = tr(
+                f"未销毁：请输入本机编号 {kit_id} 以确认。",
+                f"Not wiped: type this kit's id, {kit_id}, to confirm.",
+            )
+            return self.page(
+                request,
+                title=tr("销毁密钥", "Wipe keys"),
+                body=pages.message_body(tr, tr("销毁密钥", "Wipe keys"), text),
+                active="config",
+                status=400,
+            )
+        from security.cli import wipe_kit_keys
+
+        who = f"web: {self._who(request, user)}"
+        wiped = await asyncio.to_thread(wipe_kit_keys, self.config, who)
+        text = tr(
+            f"已销毁 {len(wiped)} 个密钥文件。请关机；再次使用前须重新生成密钥并在指挥中心登记。",
+            f"Wiped {len(wiped)} key files. Power the kit off; before it is used again it must "
+            "be provisioned anew and enrolled at the centre.",
+        )
+        return self.page(
+            request,
+            title=tr("销毁密钥", "Wipe keys"),
+            body=pages.message_body(tr, tr("密钥已销毁", "Keys wiped"), text),
+            active="config",
         )
 
     def _who(self, request: web.Request, user: str) -> str:
@@ -709,6 +745,7 @@ def make_app(kit: KitWeb) -> web.Application:
     r.add_post("/config", kit.save_config)
     r.add_get("/config/raw", kit.raw_page)
     r.add_post("/config/raw", kit.save_raw)
+    r.add_post("/config/wipe-keys", kit.wipe_keys)
     r.add_static("/static", STATIC)
     return app
 

@@ -413,6 +413,7 @@ def test_the_panel_chirps_when_the_sos_is_accepted_and_reports_it(
                 "queue_led_pin": 23,
                 "battery_led_pin": 24,
                 "buzzer_pin": 25,
+                "wipe_pin": None,
                 "led_link": "off",
                 "led_queue": "off",
                 "led_battery": "off",
