@@ -25,8 +25,10 @@ if not __package__:
 
 from security import simkeys
 from security.channel import CentreSecurity, Enrolled, KitSecurity
+from security.ipauth import HEADER, RequestSigner, RequestVerifier
 from security.profiles import PROFILES, profile
 from security.state import SecurityState
+from security.tlsid import Identities
 from uplink import compact
 from uplink.frames import MTU_BEIDOU, TAG_BYTES, decode_frame, fragment
 
@@ -70,6 +72,19 @@ def measure(name: str, frames: int, tmp: Path) -> dict[str, Any]:
         open_rate = rate(lambda: decode_frame(sealed, sealer=centre), frames)
         private = prof.generate()
         peer = simkeys.centre_pair(name).public
+        # An IP request: a 4 KB batch signed at the kit, verified (and its number taken in
+        # the replay window, a SQLite row) at the centre.
+        signer = RequestSigner(kit, tmp / f"ip-{name}.seq")
+        verifier = RequestVerifier(centre)
+        body = os.urandom(4096)
+        headers = {"Kit-Link": "vsat"}
+
+        def request() -> None:
+            _, auth = signer.sign("POST", "/v1/items", headers, body)
+            verifier.verify(KIT, "POST", "/v1/items", {**headers, HEADER: auth}, body)
+
+        ip_rate = rate(request, max(frames // 10, 100))
+        session = centre.session(KIT)
         return {
             "frame_overhead_bytes": len(sealed) - len(report),
             "seal_per_s": round(seal_rate),
@@ -77,6 +92,8 @@ def measure(name: str, frames: int, tmp: Path) -> dict[str, Any]:
             "sos_beidou_bytes": len(sealed_sos) + 1,  # + the A4 marker byte of mixed mode
             "agree_ms": per_op_ms(lambda: prof.directional(private, peer, b"bench"), 20),
             "keygen_ms": per_op_ms(lambda: prof.public(prof.generate()), 20),
+            "ip_request_sign_verify_per_s": round(ip_rate),
+            "tls_identities_ms": per_op_ms(lambda: Identities(KIT, session.tls), 20),
         }
     finally:
         kit.state.close()
