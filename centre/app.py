@@ -24,7 +24,7 @@ from centre.errors import BadCentreConfig, Refused, UnknownKit
 from centre.frames import FrameGateway
 from centre.keys import CONFIG, STORE, UPLOADS
 from centre.kitauth import TLS, VERIFIER, TlsSlot, kit_auth
-from centre.msggw import Terminal, beidou_gateway, sms_gateway
+from centre.msggw import Terminal, beidou_gateway, mesh_gateway, sms_gateway
 from centre.store import Store
 from centre.udpgw import UdpServer, serve_udp
 from centre.uploads import Uploads
@@ -124,12 +124,13 @@ async def _gateways(app: web.Application) -> AsyncIterator[None]:
                 continue
             if entry.kind == "udp":
                 gateways.udp[entry.name] = await serve_udp(gateway, entry.address)
-            elif entry.kind in ("beidou", "sms"):
-                terminal = (
-                    beidou_gateway(gateway, entry.device, entry.protocol)
-                    if entry.kind == "beidou"
-                    else sms_gateway(gateway, entry.device)
-                )
+            elif entry.kind in ("beidou", "sms", "mesh"):
+                if entry.kind == "beidou":
+                    terminal = beidou_gateway(gateway, entry.device, entry.protocol)
+                elif entry.kind == "sms":
+                    terminal = sms_gateway(gateway, entry.device)
+                else:
+                    terminal = mesh_gateway(gateway, entry.device)
                 gateways.terminals[entry.name] = terminal
                 await terminal.start()
         yield

@@ -88,20 +88,23 @@ class GatewayEntry(BaseModel):
         description="Link name stored with each item (beidou, sms, mesh …); relays name "
         "it in the Kit-Link header of POST /v1/frames.",
     )
-    kind: Literal["udp", "relay", "beidou", "sms"] = Field(
+    kind: Literal["udp", "relay", "beidou", "sms", "mesh"] = Field(
         default="udp",
         title="类型",
         description="udp: frames as UDP datagrams on `listen`; relay: no socket, frames "
         "come only through POST /v1/frames; beidou: short messages through the centre's "
         "Beidou command terminal on `device`; sms: 8-bit short messages through the "
-        "centre's SMS modem (Tiantong or cellular) on `device`.",
+        "centre's SMS modem (Tiantong or cellular) on `device`; mesh: PRIVATE_APP packets "
+        "through the centre's own Meshtastic node on `device` (a serial port, or "
+        "tcp:HOST:PORT for a networked node).",
     )
     device: str = Field(
         default="/dev/ttyUSB0",
         min_length=1,
         max_length=255,
         title="串口设备",
-        description="Serial device of the centre's terminal or modem (kind beidou, sms).",
+        description="Serial device of the centre's terminal, modem or Meshtastic node (kind "
+        "beidou, sms, mesh); a mesh node on the network: tcp:HOST:PORT.",
     )
     protocol: Literal["4.0", "5.0"] = Field(
         default="4.0",

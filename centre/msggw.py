@@ -26,6 +26,9 @@ from drivers.beidou import BadMessage, BeidouTerminal, NoFeedback, Refused, Term
 from drivers.beidou import TooSoon as BeidouTooSoon
 from drivers.device import Device
 from drivers.smspdu import BadAddress, MessageTooLong
+from edge.errors import KitError
+from mesh.config import MeshConfig
+from mesh.radio import DataReceived, Event, MeshRadio, RadioOffline
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +187,47 @@ def sms_gateway(gateway: FrameGateway, device: str) -> Terminal:
     return Terminal(server, modem)
 
 
+MESH_MAX_UTILISATION = 40.0  # no answers while the channel is this busy (as the kits do)
+
+
+def mesh_sender(radio: MeshRadio) -> Send:
+    """``send`` for :class:`MessageGateway` on the centre's Meshtastic node: an answer goes
+    to the node the kit's frame came from, never while the channel is 40 % busy."""
+
+    async def send(address: str, frame: bytes) -> None:
+        busy = radio.channel_utilisation
+        if busy is not None and busy >= MESH_MAX_UTILISATION:
+            raise Retry(OFFLINE_RETRY_S, f"channel utilisation {busy:.0f} %")
+        try:
+            await radio.send_data(frame, int(address))
+        except RadioOffline as exc:
+            raise Retry(OFFLINE_RETRY_S, exc.en) from exc
+        except KitError as exc:
+            raise Drop(exc.en) from exc
+
+    return send
+
+
+def mesh_config(device: str) -> MeshConfig:
+    """The centre node's connection: a serial port, or ``tcp:HOST:PORT``."""
+    if device.startswith("tcp:"):
+        host, _, port = device[4:].rpartition(":")
+        return MeshConfig(connection="tcp", host=host or "127.0.0.1", port=int(port))
+    return MeshConfig(connection="serial", device=device)
+
+
+def mesh_gateway(gateway: FrameGateway, device: str) -> Terminal:
+    radio = MeshRadio(mesh_config(device), name=gateway.name)
+    server = MessageGateway(gateway, mesh_sender(radio), _poll_s(gateway))
+
+    def heard(event: Event) -> None:
+        if isinstance(event, DataReceived):
+            server.received(str(event.sender_num), event.payload)
+
+    radio.on_event = heard
+    return Terminal(server, radio)
+
+
 def _poll_s(gateway: FrameGateway) -> float:
     return min(max(gateway.missing_after_s / 4, 0.05), 30.0)
 
@@ -193,7 +237,7 @@ class Terminal:
     """A frame gateway and the device it runs on (the centre's Beidou terminal, SMS modem)."""
 
     server: MessageGateway
-    device: Device
+    device: Device | MeshRadio
 
     async def start(self) -> None:
         await self.device.start()

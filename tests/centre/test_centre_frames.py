@@ -552,7 +552,7 @@ def test_gateway_config_bounds_and_unique_names(tmp_path: Path) -> None:
         ({"mtu": 1751}, "less than or equal to 1750"),
         ({"name": "Bei Dou"}, "String should match pattern"),
         ({"listen": "9700"}, "listen address must be HOST:PORT"),
-        ({"kind": "tcp"}, "Input should be 'udp', 'relay', 'beidou' or 'sms'"),
+        ({"kind": "tcp"}, "Input should be 'udp', 'relay', 'beidou', 'sms' or 'mesh'"),
         ({"missing_after_s": 0}, "greater than or equal to 0.1"),
     ):
         with pytest.raises(ValueError, match=message):
