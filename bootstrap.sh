@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # System packages the kit and its tests use. Grows as issues land; installed only if missing.
-APT_PACKAGES=(python3 python3-venv sqlite3 ppp gpsd gpsd-clients ffmpeg chromium fonts-wqy-microhei postgresql mosquitto gcc libc6-dev faketime)
+APT_PACKAGES=(python3 python3-venv sqlite3 ppp gpsd gpsd-clients ffmpeg chromium fonts-wqy-microhei postgresql mosquitto gcc libc6-dev faketime systemd shellcheck parted dosfstools mtools e2fsprogs util-linux nodejs)
 
 say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 die() { printf '错误 / error: %s\n' "$*" >&2; exit 1; }
@@ -30,6 +30,22 @@ install_system_packages() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
+}
+
+# The firmware's tests run it under a real MicroPython: the WebAssembly port, run by Node.
+MICROPYTHON_PORT="@micropython/micropython-webassembly-pyscript@1.27.0"
+setup_micropython() {
+    local cache="${XDG_CACHE_HOME:-$HOME/.cache}/fieldkit/mp-1.27.0"
+    [ -f "$cache/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs" ] \
+        && return 0
+    if ! command -v npm >/dev/null; then
+        say "installing npm"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            npm >/dev/null
+    fi
+    say "installing MicroPython (WebAssembly port, npm) for the firmware tests"
+    mkdir -p "$cache"
+    npm install --no-audit --no-fund --prefix "$cache" "$MICROPYTHON_PORT" >/dev/null
 }
 
 pick_python() {
@@ -89,6 +105,7 @@ case "$cmd" in
     test)
         install_system_packages
         setup_venv
+        setup_micropython
         say "ruff"
         .venv/bin/ruff check .
         say "mypy"

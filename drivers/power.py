@@ -417,10 +417,26 @@ class PowerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: Literal["sysfs", "ina219", "none"] = Field(
+    source: Literal["sysfs", "ina219", "companion", "none"] = Field(
         "sysfs",
         title="电量来源 / Battery source",
-        description="sysfs: a Linux battery driver; ina219: an I2C UPS HAT; none: mains only.",
+        description="sysfs: a Linux battery driver; ina219: an I2C UPS HAT; companion: the "
+        "Pico companion on a UART (firmware/); none: mains only.",
+    )
+    companion_device: str = Field(
+        "/dev/ttyAMA0",
+        title="伴随单片机串口 / Companion serial port",
+        description="Serial device of the Pico companion (power.source = 'companion').",
+        min_length=1,
+        max_length=4096,
+        pattern=r"^/[^\x00-\x1f]*$",
+    )
+    companion_baud: int = Field(
+        115200,
+        title="伴随单片机波特率 / Companion baud rate",
+        description="UART speed of the companion (8N1); the firmware uses 115200.",
+        ge=1200,
+        le=1000000,
     )
     sysfs_supply: str = Field(
         "",
@@ -549,6 +565,12 @@ class PowerConfig(BaseModel):
                 address=self.i2c_address,
                 cells=self.cells,
                 shunt_ohms=self.shunt_ohms,
+            )
+        if self.source == "companion":
+            from drivers.companion import CompanionReader  # it imports this module
+
+            return CompanionReader(
+                self.companion_device, baud=self.companion_baud, cells=self.cells
             )
         raise BadPowerConfig(
             "电量来源为 none，没有可读取的电池",

@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("wipe-keys", help="销毁本机密钥 / destroy this kit's keys")
     _config_arg(p)
     p.add_argument("--yes", action="store_true", help="confirm")
+    p = sub.add_parser("firmware", help="伴随单片机固件 / the companion microcontroller's firmware")
+    fsub = p.add_subparsers(dest="firmware_command", required=True, metavar="ACTION")
+    f = fsub.add_parser("flash", help="用 mpremote 写入 Pico / copy the firmware to the Pico")
+    f.add_argument("--device", help="serial port of the Pico (default: mpremote finds it)")
     return parser
 
 
@@ -352,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_init_config(args)
     if args.command == "sim":
         return cmd_sim(args)
+    if args.command == "firmware":
+        from drivers.companion import flash_main
+
+        return flash_main(args.device)
     config_path = args.config or default_path()
     if args.command in ("provision", "wipe-keys"):
         from security import cli as security_cli

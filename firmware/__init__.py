@@ -1,0 +1,1 @@
+"""MicroPython firmware for the companion microcontroller (a Raspberry Pi Pico) and its flasher."""
