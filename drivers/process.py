@@ -99,6 +99,10 @@ class Drivers:
             self.gnss.on_fix = self._on_fix
         if self.battery is not None:
             self.battery.on_level = self._on_level
+            from drivers.companion import CompanionReader  # imports drivers.power
+
+            if isinstance(self.battery.source, CompanionReader):
+                self.battery.source.on_button = self._power_button
 
     @property
     def devices(self) -> list[Device]:
@@ -232,6 +236,15 @@ class Drivers:
             await self._publish_mode(level.percent, "battery level")
         if self.panel is not None:
             self.panel.indicators.show_battery(self.policy.mode)
+
+    def _power_button(self, press: str) -> None:
+        """The companion's power button: held, a clean shutdown (settle, flush, power off,
+        then the companion cuts the power); a short press only shows it is alive."""
+        if press == "long":
+            log.warning("电源键长按：正常关机 / power button held: clean shutdown")
+            self._spawn(self.shutdown.run("power button held"))
+        else:
+            log.info("电源键短按 / power button pressed")
 
     async def _publish_mode(self, percent: float | None, reason: str) -> None:
         change = topics.PowerModeChanged(self.policy.mode.value, percent, reason)
