@@ -102,9 +102,9 @@ class Centre:
             return resp.status, dict(resp.headers), await resp.read()
 
 
-@asynccontextmanager
-async def centre(tmp: Path, prof: str) -> AsyncIterator[Centre]:
-    kits = [
+def enrolled(prof: str) -> list[KitEntry]:
+    """Kits 7 and 8 enrolled with their simulation keys under ``prof``."""
+    return [
         KitEntry(
             kit_id=k,
             name=f"队 {k}",
@@ -113,7 +113,11 @@ async def centre(tmp: Path, prof: str) -> AsyncIterator[Centre]:
         )
         for k in (KIT, REVOKED)
     ]
-    config = CentreConfig(listen="127.0.0.1:0", data_dir=tmp / "centre", kits=kits)
+
+
+@asynccontextmanager
+async def centre(tmp: Path, prof: str) -> AsyncIterator[Centre]:
+    config = CentreConfig(listen="127.0.0.1:0", data_dir=tmp / "centre", kits=enrolled(prof))
     simkeys.install_centre(config.keys_dir, prof)
     runner = web.AppRunner(make_app(config))
     await runner.setup()
@@ -380,17 +384,8 @@ def test_mutual_tls_with_identities_derived_from_the_enrolled_keys(
     tmp_path: Path, prof: str
 ) -> None:
     async def main() -> None:
-        kits = [
-            KitEntry(
-                kit_id=k,
-                name=f"队 {k}",
-                profile=prof,  # type: ignore[arg-type]
-                public_key=simkeys.kit_pair(k, prof).public_text,
-            )
-            for k in (KIT, REVOKED)
-        ]
         config = CentreConfig(
-            listen="127.0.0.1:0", data_dir=tmp_path / "centre", kits=kits, tls=True
+            listen="127.0.0.1:0", data_dir=tmp_path / "centre", kits=enrolled(prof), tls=True
         )
         simkeys.install_centre(config.keys_dir, prof)
         sock = socket.create_server(("127.0.0.1", 0))
