@@ -14,6 +14,13 @@ then delayed ``rtt/2`` ± ``jitter``, in order. Time runs on the same ``Clock`` 
   terminal dropping its sessions.
 - The client's TCP handshake with the relay is local and not delayed; the relay connects
   to the target once data can flow. ``min_interval`` and cost do not apply here.
+- Duplication (``duplicate``): TCP never delivers a byte twice, but a network (a proxy, a
+  retrying satellite modem, an attacker) can replay a whole request. With probability
+  ``duplicate`` a connection's bytes to the target (its first ``REPLAY_MAX`` bytes) are
+  sent again on a new connection once it ends; the answer is discarded. Reordering has no
+  meaning at this layer: TCP puts segments back in order (loss shows as the stall above).
+- A flap is a short outage; with ``reset_after=0`` it drops every session at once and
+  refuses new ones until it is over.
 
 ``DatagramRelay`` carries UDP datagrams (narrow frames) through an ``EmulatedLink``, so
 every condition applies, per datagram; what the link would refuse is dropped and counted.
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 
 # One chunk per ~20 ms of link time keeps pacing smooth without a wake-up per byte.
 _CHUNK_TIME = 0.02
+REPLAY_MAX = 1 << 20  # bytes of a connection kept for a replay
 
 
 @dataclass
@@ -56,6 +64,7 @@ class RelayStats:
 
     connections: int = 0
     resets: int = 0  # by outages, including connections refused while one lasts
+    replays: int = 0  # connections whose requests were sent to the target a second time
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -65,6 +74,7 @@ class _Connection:
     writers: list[asyncio.StreamWriter]
     task: asyncio.Task[None] | None = None
     reset: bool = False
+    sent: bytearray | None = None  # what went to the target, kept for a replay
 
 
 class LinkRelay(Switchable):
@@ -86,9 +96,12 @@ class LinkRelay(Switchable):
         outages: Iterable[Outage] = (),
         reset_after: float = 20.0,
         connect_timeout: float = 10.0,
+        duplicate: float = 0.0,
         seed: int | None = None,
     ) -> None:
         super().__init__(name, clock, outages)
+        self.duplicate = duplicate
+        self._replays: set[asyncio.Task[None]] = set()
         self.listen = listen
         self.target = target
         self.conditions = conditions
@@ -131,6 +144,10 @@ class LinkRelay(Switchable):
         for connection in list(self._connections):
             self._reset(connection)
         await asyncio.gather(*tasks, return_exceptions=True)
+        replays = list(self._replays)
+        for task in replays:
+            task.cancel()
+        await asyncio.gather(*replays, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -174,6 +191,8 @@ class LinkRelay(Switchable):
             _abort(writer)
             return
         connection = _Connection([writer])
+        if self.duplicate and self._rng.random() < self.duplicate:
+            connection.sent = bytearray()
         connection.task = asyncio.create_task(self._forward(connection, reader))
         connection.task.add_done_callback(lambda _: self._connections.discard(connection))
         self._connections.add(connection)
@@ -189,7 +208,9 @@ class LinkRelay(Switchable):
             rate_up = self.conditions.rate
             rate_down = self.conditions.rate_down or rate_up
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._direction(client, target_writer, rate_up, True))
+                group.create_task(
+                    self._direction(client, target_writer, rate_up, True, connection.sent)
+                )
                 group.create_task(self._direction(target, client_writer, rate_down, False))
         except* OSError:
             # One side failed (refused, reset, timed out): pass the failure on as a reset.
@@ -200,9 +221,36 @@ class LinkRelay(Switchable):
                     _abort(writer)
                 else:
                     writer.close()
+            if connection.sent and not self._closing:
+                task = asyncio.create_task(self._replay(bytes(connection.sent)))
+                self._replays.add(task)
+                task.add_done_callback(self._replays.discard)
+
+    async def _replay(self, data: bytes) -> None:
+        """The same requests once more, on a new connection; the answers are dropped."""
+        self.stats.replays += 1
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(*self.target), self.connect_timeout
+            )
+        except (OSError, TimeoutError):
+            return
+        try:
+            writer.write(data)
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), self.connect_timeout)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
 
     async def _direction(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float, up: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        rate: float,
+        up: bool,
+        sent: bytearray | None = None,
     ) -> None:
         chunk = max(512, min(16_384, int(rate * _CHUNK_TIME)))
         on_wire = rate * (1.5 * self.conditions.rtt + self.conditions.jitter)
@@ -212,7 +260,7 @@ class LinkRelay(Switchable):
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(self._shape(reader, queue, rate, chunk, up))
-            group.create_task(self._deliver(queue, writer, up))
+            group.create_task(self._deliver(queue, writer, up, sent))
 
     async def _shape(
         self,
@@ -244,6 +292,7 @@ class LinkRelay(Switchable):
         queue: asyncio.Queue[tuple[bytes, float, int] | None],
         writer: asyncio.StreamWriter,
         up: bool,
+        sent: bytearray | None = None,
     ) -> None:
         while (item := await queue.get()) is not None:
             chunk, arrival, downs = item
@@ -255,6 +304,8 @@ class LinkRelay(Switchable):
                 await self.clock.sleep_until(max(arrival, self._up_since + self.conditions.rtt / 2))
             writer.write(chunk)
             await writer.drain()
+            if sent is not None and len(sent) < REPLAY_MAX:
+                sent += chunk[: REPLAY_MAX - len(sent)]
             if up:
                 self.stats.bytes_up += len(chunk)
             else:

@@ -20,6 +20,9 @@ run) and one ``[[links]]`` table per link::
     cost_per_message = 0.0
     min_interval = 0           # seconds between frames from one end (Beidou: 60)
     outages = [[120, 150], [300, 330]]   # [down, up] seconds from start; up may be inf
+    flap_s = 0                 # a flap every this many seconds (down a quarter of it)
+    duplicate = 0.0            # `kit sim`: probability a frame (IP: a request) comes twice
+    reorder = 0.0              # `kit sim`, narrow links: probability a frame is held back
 
 Only ``name``, ``kind`` and ``rate`` are required; the rest default to a perfect link
 (no delay, loss, cost or interval; MTU 1,500; buffer 64 KiB; always up). Times are in
@@ -64,6 +67,7 @@ class LinkKind(StrEnum):
 # The largest frame each kind can carry (PROTOCOLS.md): Meshtastic Data.payload, a
 # Beidou 5.0 regional message, one 8-bit SMS segment; IP kinds are bounded by the schema.
 MAX_MTU = {LinkKind.MESH: 233, LinkKind.BEIDOU: 1750, LinkKind.TIANTONG_SMS: 140}
+MAX_FLAPS = 20_000  # flaps in one run (each is a pair of timers)
 
 
 class _Identity(BaseModel):
@@ -102,6 +106,61 @@ class LinkSpec(LinkConditions, _Identity):
         max_length=32,
         description="`kit sim`, kind mesh: the neighbour kit that relays over LoRa.",
     )
+
+    duplicate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        strict=False,
+        description="`kit sim`: probability a frame (an IP link: a request) arrives twice.",
+    )
+    reorder: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        strict=False,
+        description="`kit sim`, narrow links: probability a frame is held back behind the next.",
+    )
+    flap_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        strict=False,
+        description="Every flap_s seconds the link drops for a quarter of that; 0: no flaps.",
+    )
+
+    @field_validator("duplicate", "reorder")
+    @classmethod
+    def _narrow_faults(cls, value: float, info: ValidationInfo) -> float:
+        kind = info.data.get("kind")
+        if value and kind is LinkKind.MESH:
+            raise ValueError("a mesh link loses frames (loss) but does not duplicate or reorder")
+        if value and info.field_name == "reorder" and kind in (LinkKind.IP, LinkKind.TIANTONG_DATA):
+            raise ValueError("TCP delivers in order: reorder applies to narrow links only")
+        return value
+
+    @field_validator("flap_s")
+    @classmethod
+    def _flap_period(cls, flap_s: float) -> float:
+        if 0 < flap_s < 1:
+            raise ValueError("flap_s must be 0 (no flaps) or at least 1 second")
+        return flap_s
+
+    def schedule(self, until: float) -> list[Outage]:
+        """``outages`` and the flaps up to ``until`` seconds, merged, in order."""
+        windows = list(self.outages)
+        if self.flap_s:
+            n = 1
+            while (at := n * self.flap_s) < until:
+                windows.append((at, at + self.flap_s / 4))
+                n += 1
+        merged: list[Outage] = []
+        for down, up in sorted(windows):
+            if merged and down <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], up))
+            else:
+                merged.append((down, up))
+        return merged
 
     @field_validator("mtu")
     @classmethod
@@ -213,6 +272,11 @@ class Scenario(BaseModel):
                     raise ValueError(f"link {link.name!r} names kit {name!r}, which is not listed")
             if link.via and link.kind is not LinkKind.MESH:
                 raise ValueError(f"link {link.name!r}: only a mesh link has `via`")
+            if link.flap_s and self.duration / link.flap_s > MAX_FLAPS:
+                raise ValueError(
+                    f"link {link.name!r}: a flap every {link.flap_s:g} s for {self.duration:g} s "
+                    f"is more than {MAX_FLAPS} flaps; raise flap_s or shorten the duration"
+                )
         for event in self.events:
             if event.kit and event.kit not in names:
                 raise ValueError(f"an event at {event.at:g} s names kit {event.kit!r}, not listed")
@@ -274,7 +338,11 @@ def build_links(scenario: Scenario, clock: Clock) -> dict[str, EmulatedLink]:
     """One unstarted ``EmulatedLink`` per scenario link, by name, all on ``clock``."""
     return {
         spec.name: EmulatedLink(
-            spec, name=spec.name, clock=clock, outages=spec.outages, seed=scenario.seed + index
+            spec,
+            name=spec.name,
+            clock=clock,
+            outages=spec.schedule(scenario.duration),
+            seed=scenario.seed + index,
         )
         for index, spec in enumerate(scenario.links)
     }

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from security import simkeys
 from sim.beidou import SimCard, SimulatedTerminal, Transmission
 from sim.beidou import Timing as BeidouTiming
 from sim.drone import SimDrone
+from sim.faults import FrameFaults
 from sim.gnss import SimulatedReceiver
 from sim.linkemu import ScaledClock
 from sim.linkrelay import LinkRelay
@@ -45,7 +47,7 @@ from sim.meshnet import MeshNet
 from sim.meshradio import Member, SimulatedRadio
 from sim.power import SimBattery, SysfsTree
 from sim.scenario import Action, EventSpec, KitSpec, LinkKind, LinkSpec, Scenario
-from sim.tiantong import SimulatedModem, SmsCentre
+from sim.tiantong import SimulatedModem, SmsCentre, normalise
 
 log = logging.getLogger("kit.sim")
 
@@ -125,6 +127,7 @@ class SimKit:
     web_password: str = ""
     team: list[Member] = field(default_factory=list)
     reboots: int = 0
+    faults: dict[tuple[str, str], FrameFaults] = field(default_factory=dict)  # (link, way)
 
     @property
     def config(self) -> Path:
@@ -149,13 +152,21 @@ class CountingSmsCentre(SmsCentre):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.sent: dict[str, LinkTally] = {}
+        # A rough link's duplication and reordering, by the kit's number (either way).
+        self.faults: dict[tuple[str, str], FrameFaults] = {}
 
     def submit(self, sender: str, submit: Submit) -> None:
         tally = self.sent.setdefault(sender, LinkTally())
         tally.messages += 1
         payload = submit.segment.payload
         tally.bytes += len(payload.encode() if isinstance(payload, str) else payload)
-        super().submit(sender, submit)
+        faults = self.faults.get((normalise(sender), "up")) or self.faults.get(
+            (normalise(submit.dest), "down")
+        )
+        if faults is None:
+            super().submit(sender, submit)
+        else:
+            faults.pass_on(lambda: super(CountingSmsCentre, self).submit(sender, submit))
 
 
 class World:
@@ -363,7 +374,7 @@ class World:
                     async with session.get(
                         self.centre_url + "/v1/acks", headers={"Kit-Id": str(self.kits[0].kit_id)}
                     ) as r:
-                        if r.status == 200:
+                        if r.status in (200, 401):  # it answers (401: kits must sign)
                             return
                 if self.centre_proc.returncode is not None:
                     raise RuntimeError(
@@ -396,6 +407,7 @@ class World:
         self._spawn(self._battery_ticks(k))
         for spec in k.links:
             k.tally[spec.name] = LinkTally()
+            self._frame_faults(k, spec, seed)
             if spec.kind is LinkKind.BEIDOU:
                 k.card = f"{241636 + n:07d}"
                 k.terminal = SimulatedTerminal(
@@ -418,6 +430,11 @@ class World:
                 )
                 await k.modem.start()
                 self._closers.append(k.modem.close)
+                for way in ("up", "down"):
+                    if (spec.name, way) in k.faults:
+                        self.sms_centre.faults[(normalise(k.number), way)] = k.faults[
+                            (spec.name, way)
+                        ]
             elif spec.kind in (LinkKind.IP, LinkKind.TIANTONG_DATA):
                 relay = LinkRelay(
                     ("127.0.0.1", free_port()),
@@ -425,7 +442,10 @@ class World:
                     spec,
                     name=f"{k.spec.name}/{spec.name}",
                     clock=self.clock,
-                    outages=spec.outages,
+                    outages=spec.schedule(self.scenario.duration),
+                    # A flap drops the sessions at once and refuses new ones while it lasts.
+                    reset_after=0.0 if spec.flap_s else 20.0,
+                    duplicate=spec.duplicate,
                     seed=seed,
                 )
                 k.relays[spec.name] = relay
@@ -456,6 +476,25 @@ class World:
             k.frame_port = free_port() if any(s.via for s in k.links) else 0
         if k.spec.drone:
             k.drone_port = free_port()
+
+    def _frame_faults(self, k: SimKit, spec: LinkSpec, seed: int) -> None:
+        """A narrow link that duplicates or reorders: its faults, one per direction."""
+        if spec.kind not in (LinkKind.BEIDOU, LinkKind.TIANTONG_SMS):
+            return
+        if not (spec.duplicate or spec.reorder):
+            return
+        # Held back at most two sending intervals (real seconds), then out alone, late.
+        hold_s = 2 * max(spec.min_interval, spec.rtt, 1.0) / self.speed
+        for n, way in enumerate(("up", "down")):
+            faults = FrameFaults(
+                loss=spec.loss if way == "up" else 0.0,
+                duplicate=spec.duplicate,
+                reorder=spec.reorder,
+                seed=seed + 1000 * n + len(k.faults),
+                hold_s=hold_s,
+            )
+            k.faults[(spec.name, way)] = faults
+            self._closers.append(faults.close)
 
     def _start_mesh(self) -> None:
         """Kits that relay for each other share one LoRa channel."""
@@ -648,31 +687,47 @@ class World:
     # --- links: what the satellites do ---------------------------------------------
 
     def _beidou_up(self, k: SimKit, spec: LinkSpec) -> Callable[[Transmission], None]:
+        faults = k.faults.get((spec.name, "up"))
+
         def deliver(sent: Transmission) -> None:
             tally = k.tally[spec.name]
             tally.messages += 1
             tally.bytes += len(sent.payload)
+            terminal = self.centre_terminal
+            if faults is not None and spec.name not in k.down and terminal is not None:
+                lost = faults.counts["lost"]
+                faults.pass_on(lambda: terminal.receive(sent.sender, sent.payload, dest=sent.dest))
+                tally.lost += faults.counts["lost"] - lost
+                return
             if spec.name in k.down or self.rng.random() < spec.loss:
                 tally.lost += 1
                 return
-            if self.centre_terminal is not None:
-                self.centre_terminal.receive(sent.sender, sent.payload, dest=sent.dest)
+            if terminal is not None:
+                terminal.receive(sent.sender, sent.payload, dest=sent.dest)
 
         return deliver
 
     def _beidou_down(self, sent: Transmission) -> None:
         """The centre's message to a kit's card (lost while that kit has no sky)."""
         for k in self.kits:
-            if k.terminal is not None and user_id(k.card) == user_id(sent.dest):
+            terminal = k.terminal
+            if terminal is not None and user_id(k.card) == user_id(sent.dest):
                 if not self._link_down(k, LinkKind.BEIDOU):
-                    k.terminal.receive(sent.sender, sent.payload, dest=sent.dest)
+                    names = [s.name for s in k.links if s.kind is LinkKind.BEIDOU]
+                    faults = k.faults.get((names[0], "down")) if names else None
+                    if faults is None:
+                        terminal.receive(sent.sender, sent.payload, dest=sent.dest)
+                    else:
+                        faults.pass_on(
+                            partial(terminal.receive, sent.sender, sent.payload, dest=sent.dest)
+                        )
                 return
 
     def _link_down(self, k: SimKit, kind: LinkKind) -> bool:
         return any(s.name in k.down for s in k.links if s.kind is kind)
 
     def _arm_outages(self, k: SimKit, spec: LinkSpec) -> None:
-        for down, up in spec.outages:
+        for down, up in spec.schedule(self.scenario.duration):
             self._timers.append(
                 self.clock.call_at(self.origin + down, lambda: self._outage(k, spec, True))
             )

@@ -22,7 +22,7 @@ from uplink.kinds.ip import IpLink
 from uplink.link import FrameLink, Link, LinkDown, LinkRefused
 from uplink.msgseq import MessageSequence
 from uplink.scheduler import OVERTAKE_RATIO, Candidate, LinkView, classes_for, plan, usable
-from uplink.transfer import Part, Transfer
+from uplink.transfer import MediaDamaged, Part, Transfer, media_damage
 
 log = logging.getLogger("uplink")
 
@@ -368,6 +368,11 @@ class Uplink:
             if not chosen:
                 return False
             seq = chosen[0].seq
+            damage = await asyncio.to_thread(media_damage, self.media_dir, items[seq])
+            if damage is not None:  # sending cannot repair it: out of the queue, logged
+                log.warning("item %d not sent, withdrawn: %s", seq, damage)
+                await self.edge.call({"op": "withdraw", "seqs": [seq]})
+                return True
             if not await self._mark_sent(link, [seq], math.inf):
                 return True
             transfer = Transfer.open(
@@ -408,6 +413,14 @@ class Uplink:
             await transfer.step(work, link, carrier, link.config.chunk_bytes)
             if work is True and transfer.complete:
                 await self._post_record(link, transfer)
+        except MediaDamaged:  # back to the queue, where the check above withdraws it
+            self.transfers.pop(transfer.seq, None)
+            transfer.forget()
+            self.inflight.pop(transfer.seq, None)
+            try:
+                await self.edge.call({"op": "requeue", "seqs": [transfer.seq]})
+            except EdgeUnavailable as exc:  # in flight until the edge requeues it at start
+                log.warning("item %d: damaged media not requeued: %s", transfer.seq, exc)
         except (LinkDown, LinkRefused, OSError) as exc:
             log.info("transfer of %d on %s interrupted: %s", transfer.seq, carrier, exc)
         finally:

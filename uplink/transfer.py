@@ -11,12 +11,14 @@ Part URLs are kept in a small JSON file so a transfer also resumes after a resta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.errors import KitError
 from edge.item import Item
 from uplink.kinds.ip import IpLink
 
@@ -24,6 +26,34 @@ log = logging.getLogger(__name__)
 
 MIN_PART = 256 * 1024
 TARGET_PARTS = 16  # enough parts for every stream of two or three links to have one
+
+
+class MediaDamaged(KitError, OSError):
+    """The file on disk is not the one filed (gone, cut short, other bytes): it cannot be
+    sent as the item says, and retrying will not change that."""
+
+
+def media_damage(media_dir: Path, item: Item) -> MediaDamaged | None:
+    """Why ``item``'s file cannot be sent as filed, or None if it is intact (size, sha256)."""
+    assert item.media is not None
+    path = media_dir / item.media.path
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != item.media.size:
+                return MediaDamaged(
+                    f"媒体文件 {path} 大小为 {size} 字节，登记为 {item.media.size} 字节",
+                    f"media file {path} has {size} bytes, {item.media.size} filed",
+                )
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return MediaDamaged(f"媒体文件 {path} 不存在", f"media file {path} is missing")
+    if digest != item.media.sha256:
+        return MediaDamaged(
+            f"媒体文件 {path} 内容已损坏（校验和不符）",
+            f"media file {path} is damaged (sha256 differs from the one filed)",
+        )
+    return None
 
 
 @dataclass
@@ -52,6 +82,7 @@ class Transfer:
     parts: list[Part]
     final_url: str | None = None
     finishing: bool = False
+    damaged: MediaDamaged | None = None  # found while carrying: no carrier takes it again
 
     @classmethod
     def open(
@@ -106,7 +137,7 @@ class Transfer:
 
     def claim(self, carrier: str) -> Part | bool:
         """Work for ``carrier``: a part to carry, True for the final request, False for none."""
-        if self.complete or self.finishing:
+        if self.complete or self.finishing or self.damaged is not None:
             return False
         if all(p.done for p in self.parts):
             self.finishing = True
@@ -174,10 +205,19 @@ class Transfer:
         assert part.offset is not None
         if part.offset < part.length:
             n = min(chunk_bytes, part.length - part.offset)
-            with open(self.path, "rb") as f:
-                f.seek(part.start + part.offset)
-                chunk = f.read(n)
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(part.start + part.offset)
+                    chunk = f.read(n)
+            except FileNotFoundError:
+                self.damaged = MediaDamaged(
+                    f"媒体文件 {self.path} 不存在", f"media file {self.path} is missing"
+                )
+                raise self.damaged from None
             if len(chunk) != n:
-                raise OSError(f"media file {self.path} shorter than recorded")
+                self.damaged = MediaDamaged(
+                    f"媒体文件 {self.path} 比登记的短", f"media file {self.path} shorter than filed"
+                )
+                raise self.damaged
             part.offset = await link.tus_patch(part.url, part.offset, chunk)
         part.done = part.offset >= part.length
