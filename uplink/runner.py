@@ -343,16 +343,28 @@ class Uplink:
         items = {c.seq: decode(bodies[c.seq]) for c in chosen}
         # Media files travel by tus (records follow their files); the rest in one batch.
         plain = [c for c in chosen if items[c.seq].media is None]
-        if plain:
-            seqs = await self._mark_sent(link, [c.seq for c in plain], self._deadline(link))
-            if not seqs:
-                return True
+        if not plain:
+            return await self._send_media(link, chosen, items)
+        seqs = await self._mark_sent(link, [c.seq for c in plain], self._deadline(link))
+        if seqs:
             try:
                 await link.post_items([(s, cbor2.loads(bodies[s])) for s in seqs])
             except (LinkDown, LinkRefused):
                 await self._unsent(link, seqs)
                 raise
-            return True  # the answer's acknowledgements are on their way to the edge
+        # Media does not wait for a moment with no small item ready (positions may never
+        # pause): what the classes allow next, once this batch is out, takes a spare stream.
+        sent = {c.seq for c in plain}
+        rest = plan(view, [c for c in ready if c.seq not in sent], (), self.rates())
+        items.update({c.seq: decode(bodies[c.seq]) for c in rest if c.seq not in items})
+        if not rest or items[rest[0].seq].media is not None:
+            await self._send_media(link, rest, items)
+        return True  # the answer's acknowledgements are on their way to the edge
+
+    async def _send_media(
+        self, link: IpLink, chosen: list[Candidate], items: dict[int, Item]
+    ) -> bool:
+        """Advance a transfer (or start the one ``chosen`` leads with) on a free stream."""
         running = self._carriers.setdefault(link.name, set())
         streams = self.streams_for(link)
         if len(running) >= streams:
