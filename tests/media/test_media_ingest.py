@@ -183,7 +183,8 @@ def test_rtsp_pull_is_recorded_and_resumes_when_the_server_comes_back(
     count = assert_every_segment_filed_and_intact(kit_config, "drone")
     assert count == recorder.segments >= 3
     first = min((kit_config.parent / "data/media/video/drone").glob("*.ts"))
-    assert 1.5 <= playable_seconds(first) <= 2.5
+    # Cut at the first key frame from 2 s on; the source has one every second.
+    assert 1.5 <= playable_seconds(first) <= 3.0
 
 
 def test_udp_stream_is_recorded_while_a_non_h264_stream_is_refused_with_its_reason(
