@@ -147,7 +147,7 @@ table=$(partx -g -o NR,START,SECTORS "$image" 2>/dev/null) ||
     die "镜像没有分区表 / the image has no partition table: $image" 4
 [ "$(echo "$table" | wc -l)" -eq 3 ] ||
     die "镜像应有 3 个分区 / the image should have 3 partitions: $image" 4
-last_end=$(echo "$table" | awk 'END { print ($2 + $3) * 512 }')
+last_end=$(echo "$table" | awk 'END { printf "%.0f", ($2 + $3) * 512 }')  # no 2.4e+09
 [ "$(echo "$table" | awk 'NR == 1 { print $2 }')" = 8192 ] ||
     die "镜像布局不对：第一分区应从 4 MiB 开始 / wrong layout: p1 must start at 4 MiB" 4
 [ "$img_bytes" -ge "$last_end" ] ||
@@ -318,7 +318,7 @@ if [ "$dry_run" = 1 ]; then
         "[wifi] enabled = true, ssid = '$wifi_name', passphrase from ${wifi_pass_file:-a new random one}" \
         "$KIT provision --config TMP/kit.toml (keys in P3/keys)" \
         "$KIT web-password --config TMP/kit.toml --stdin < ${web_pass_file:-the terminal}" \
-        "P3/config/kit.toml (data_dir = /var/lib/kit, runtime_dir = /run/kit) 0640 root:990; keys 0700/0600 990:990; web/users.json 0600 990:990" \
+        "P3/config/kit.toml (data_dir = /var/lib/kit, runtime_dir = /run/kit) 0660 root:990 (folder 0770: the web page saves it); keys 0700/0600 990:990; web/users.json 0600 990:990" \
         "P3/provisioned.json (kit id, time, image sha256, public key); umount; partx -d; losetup -d; sync"; do
         printf '[dry-run] %s\n' "$line" >&2
     done
@@ -394,8 +394,8 @@ EOF
     chmod 0755 "$mnt"
     chown root:root "$mnt/lost+found" 2>/dev/null || true
     chown root:990 "$mnt/config" "$mnt/config/kit.toml"
-    chmod 0750 "$mnt/config"
-    chmod 0640 "$mnt/config/kit.toml"
+    chmod 0770 "$mnt/config"  # the kit's web page saves the config (atomically, in this folder)
+    chmod 0660 "$mnt/config/kit.toml"
     chmod 0700 "$mnt/keys" "$mnt/web"
     find "$mnt/keys" -type f -exec chmod 0600 {} +
     chmod 0600 "$mnt/web/users.json"

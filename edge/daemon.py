@@ -26,6 +26,7 @@ from config.loader import load as load_config
 from edge import bus, topics
 from edge.errors import BadItem, DiskNearlyFull, KitError, StoreLocked
 from edge.item import Item, Priority, check_size, from_wire
+from edge.sdnotify import systemd_notify
 from edge.store import Accepted, Queued, State, Store
 
 log = logging.getLogger("edge")
@@ -508,7 +509,8 @@ def main(config_path: Path | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(loaded, stop)
+        async with systemd_notify(stop) as notifier:
+            await serve(loaded, stop, ready=lambda: notifier.ready("edge ready"))
 
     try:
         asyncio.run(run())

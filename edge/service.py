@@ -15,6 +15,7 @@ from pathlib import Path
 
 from config.loader import load
 from config.schema import KitConfig
+from edge.sdnotify import systemd_notify
 
 Serve = Callable[[KitConfig, asyncio.Event], Awaitable[None]]
 
@@ -37,7 +38,12 @@ def run_service(name: str, serve: Serve, config_path: Path | None = None) -> int
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(loaded.config, stop)
+        async with systemd_notify(stop) as notifier:
+            task = asyncio.ensure_future(serve(loaded.config, stop))
+            await asyncio.sleep(0)  # serve() runs up to its first wait: sockets set up
+            if not task.done():
+                notifier.ready(f"{name} running")
+            await task
 
     asyncio.run(run())
     return 0

@@ -37,6 +37,7 @@ from edge import bus
 from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
 from edge.errors import EdgeUnavailable, KitError
+from edge.sdnotify import systemd_notify
 
 log = logging.getLogger("web")
 
@@ -803,7 +804,10 @@ def main(config_path: Path | None = None, listen: str | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(loaded, stop, listen=listen)
+        async with systemd_notify(stop) as notifier:
+            await serve(
+                loaded, stop, listen=listen, ready=lambda port: notifier.ready(f"web on :{port}")
+            )
 
     try:
         asyncio.run(run())

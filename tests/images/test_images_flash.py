@@ -178,8 +178,8 @@ def test_two_kits_are_written_verified_and_provisioned_with_their_own_keys(
     for card, kit_id, result in ((card_a, 7, a), (card_b, 8, b)):
         with mounted_p3(card, tmp_path) as p3:
             m = modes(p3)
-            assert m["config"] == ("0o750", 0, 990)
-            assert m["config/kit.toml"] == ("0o640", 0, 990)
+            assert m["config"] == ("0o770", 0, 990)
+            assert m["config/kit.toml"] == ("0o660", 0, 990)
             assert m["keys"] == ("0o700", 990, 990)
             assert all(v == ("0o600", 990, 990) for k, v in m.items() if k.startswith("keys/"))
             assert m["web/users.json"] == ("0o600", 990, 990)
