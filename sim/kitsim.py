@@ -297,7 +297,8 @@ async def run_sim(
             f"速度 / speed ×{world.speed:g}; {length:g} s of scenario ≈ "
             f"{length / world.speed:.0f} s real\n"
             f"指挥中心 / centre: {world.centre_url}  (log: {world.root / 'centre.log'})\n"
-            f"指挥看板 / dashboard: {world.centre_url}/dashboard  (kit centre operator add NAME)\n"
+            f"指挥看板 / dashboard: {world.centre_url}/dashboard  "
+            f"(登录 / login operator / {world.operator_password})\n"
         )
         for k in world.kits:
             out.write(

@@ -208,6 +208,7 @@ class World:
         ]
         self.centre_dir = root / "centre"
         self.centre_port = free_port()
+        self.operator_password = ""  # the drill's dashboard login (there is no default)
         self.centre_proc: asyncio.subprocess.Process | None = None
         self.centre_terminal: SimulatedTerminal | None = None
         self.sms_centre: CountingSmsCentre | None = None
@@ -342,6 +343,13 @@ class World:
         # Simulation-only keys (security/simkeys.py): the drill's kits are enrolled as a
         # provisioned kit would be, with its public key and profile.
         simkeys.install_centre(self.centre_dir / "keys", PROFILE)
+        # A fresh dashboard login for the drill, as `kit centre operator add` makes one.
+        from config.web.auth import Users
+
+        self.operator_password = secrets.token_urlsafe(9)
+        Users(self.centre_dir / "dashboard" / "operators.json").set(
+            "operator", self.operator_password
+        )
         for k in self.kits:
             lines += ["[[kits]]", f"kit_id = {k.kit_id}", f'name = "{k.spec.name}"']
             lines += simkeys.enrol_lines(k.kit_id, PROFILE)
