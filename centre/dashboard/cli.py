@@ -4,13 +4,12 @@ token add NAME`` (prints a new bearer token for a machine; only its hash is kept
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from pathlib import Path
 
 from centre.config import load_config
 from centre.dashboard.access import Tokens, in_data
-from config.web.auth import BadPassword, Users
+from config.web.auth import BadPassword, Users, read_new_password
 from edge.errors import KitError
 
 COMMANDS = frozenset({"operator", "token"})
@@ -52,13 +51,9 @@ def main(argv: list[str]) -> int:
             print(token)
             return 0
         users = Users(in_data(config, config.dashboard.operators_file))
-        if args.stdin or not sys.stdin.isatty():
-            password = sys.stdin.readline().rstrip("\n")
-        else:
-            password = getpass.getpass("新密码 / new password: ")
-            if getpass.getpass("再输入一次 / again: ") != password:
-                print("错误 / error: 两次输入不一致 / the passwords differ", file=sys.stderr)
-                return 1
+        password = read_new_password(args.stdin or not sys.stdin.isatty())
+        if password is None:
+            return 1
         users.set(args.name, password)
     except BadPassword as err:
         print(f"错误 / error: {err}", file=sys.stderr)

@@ -5,12 +5,14 @@ There is no default password: until ``kit web-password`` sets one, nobody can lo
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,18 @@ SESSION_MAX_S = 12 * 3600  # a login lasts a shift at most, however active
 
 class BadPassword(KitError, ValueError):
     """A password that cannot be set (too short, too long, or a bad user name)."""
+
+
+def read_new_password(from_stdin: bool) -> str | None:
+    """A new password from stdin (one line), or asked twice on the terminal; None (after
+    saying so) when the two differ. Shared by `kit web-password` and `kit centre operator`."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass("新密码 / new password: ")
+    if getpass.getpass("再输入一次 / again: ") != password:
+        print("错误 / error: 两次输入不一致 / the passwords differ", file=sys.stderr)
+        return None
+    return password
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:

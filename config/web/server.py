@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import logging
 import re
@@ -25,7 +24,14 @@ from aiohttp import BodyPartReader, web
 from config.loader import BadConfig, Loaded, load, validate
 from config.schema import KitConfig
 from config.web import pages
-from config.web.auth import BadPassword, Csrf, LoginLimiter, Sessions, Users
+from config.web.auth import (
+    BadPassword,
+    Csrf,
+    LoginLimiter,
+    Sessions,
+    Users,
+    read_new_password,
+)
 from config.web.configform import ALL_PROCESSES, ConfigFile, Stale, build_form, fingerprint
 from config.web.hub import StatusHub
 from config.web.i18n import COOKIE, LANGS, Tr
@@ -821,13 +827,9 @@ def password_main(config_path: Path | None, user: str, from_stdin: bool) -> int:
     """`kit web-password`: set (or change) a login for the configuration pages."""
     loaded = load(config_path)
     users = Users(loaded.config.paths.data_dir / "web" / "users.json")
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass("新密码 / new password: ")
-        if getpass.getpass("再输入一次 / again: ") != password:
-            print("错误 / error: 两次输入不一致 / the passwords differ", file=sys.stderr)
-            return 1
+    password = read_new_password(from_stdin)
+    if password is None:
+        return 1
     try:
         users.set(user, password)
     except BadPassword as err:
