@@ -80,9 +80,16 @@ class _Audited:
 
     def refuse(self, err: BadFrame, *, kit_id: int | None, link: str, size: int) -> None:
         reason = err.reason if isinstance(err, Refusal) else "malformed"
+        self.record("frame-refused", reason, kit_id, f"a frame ({size} bytes)", err.en, link)
+
+    def record(
+        self, event: str, reason: str, kit_id: int | None, what: str, why: str, link: str
+    ) -> None:
+        """Count one refusal of ``what`` and write it to the audit log (frames, IP requests
+        and answers, TLS handshakes alike)."""
         self.refused[reason] += 1
-        self.state.audit("frame-refused", kit_id, reason, f"{size} bytes: {err.en}", link)
-        log.warning("%s: refused a frame (%d bytes) of kit %s: %s", link, size, kit_id, err.en)
+        self.state.audit(event, kit_id, reason, f"{what}: {why}", link)
+        log.warning("%s: refused %s of kit %s: %s", link, what, kit_id, why)
 
 
 class KitSecurity(_Audited):

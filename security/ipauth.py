@@ -147,9 +147,7 @@ class RequestSigner:
             raise Refusal("forged", "中心应答的认证标签校验失败", "the answer's tag is not valid")
 
     def refused_answer(self, err: Refusal, link: str) -> None:
-        self.kit.refused[err.reason] += 1
-        self.kit.state.audit("answer-refused", self.kit_id, err.reason, err.en, link)
-        log.warning("%s: an answer not from the centre (%s): %s", link, err.reason, err.en)
+        self.kit.record("answer-refused", err.reason, self.kit_id, "an answer", err.en, link)
 
 
 class RequestVerifier:
@@ -209,6 +207,4 @@ class RequestVerifier:
         return _b64(mac(session.profile, session.ip.down, message))
 
     def refuse(self, err: Refusal, *, kit_id: int, link: str, what: str) -> None:
-        self.security.refused[err.reason] += 1
-        self.security.state.audit("request-refused", kit_id, err.reason, f"{what}: {err.en}", link)
-        log.warning("%s: refused %s of kit %s: %s", link, what, kit_id, err.en)
+        self.security.record("request-refused", err.reason, kit_id, what, err.en, link)

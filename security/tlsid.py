@@ -162,9 +162,7 @@ class CentreTls:
         try:
             sock.context = self.context_for(kit_id)
         except Refusal as err:
-            self.security.refused[err.reason] += 1
-            self.security.state.audit("tls-refused", kit_id, err.reason, err.en, "ip")
-            log.warning("TLS handshake as kit %d refused: %s", kit_id, err.en)
+            self.security.record("tls-refused", err.reason, kit_id, "a TLS handshake", err.en, "ip")
             return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
         return None
 
