@@ -121,6 +121,7 @@ class CentreTls:
         self.security = security
         self.contexts: dict[int, ssl.SSLContext] = {}
         self._client_certs: dict[int, bytes] = {}  # DER of each kit's client certificate
+        self._kit_of_context: dict[int, int] = {}  # id() of a kit's context → the kit
         self.base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.base.minimum_version = ssl.TLSVersion.TLSv1_2  # browsers on the dashboard
         # OpenSSL keeps a connection's verify mode when SNI swaps its context, so the
@@ -133,11 +134,10 @@ class CentreTls:
     def kit_of(self, conn: ssl.SSLObject | ssl.SSLSocket) -> int | None:
         """The kit a connection proved to be: its context picked by SNI, and the client
         certificate presented (and verified) that kit's own."""
-        presented = conn.getpeercert(binary_form=True)
-        for kit_id, known in self.contexts.items():
-            if known is conn.context:
-                return kit_id if presented == self._client_certs.get(kit_id) else None
-        return None
+        kit_id = self._kit_of_context.get(id(conn.context))
+        if kit_id is None or self.contexts.get(kit_id) is not conn.context:
+            return None
+        return kit_id if conn.getpeercert(binary_form=True) == self._client_certs[kit_id] else None
 
     def context_for(self, kit_id: int) -> ssl.SSLContext:
         """Kit ``kit_id``'s context; :class:`Refusal` if it is revoked or has no key."""
@@ -151,6 +151,7 @@ class CentreTls:
             ctx.load_verify_locations(cadata=ids.client_cert.decode())
             _load_chain(ctx, ids.server_cert, ids.server_key)
             self.contexts[kit_id] = ctx
+            self._kit_of_context[id(ctx)] = kit_id
             self._client_certs[kit_id] = ssl.PEM_cert_to_DER_cert(ids.client_cert.decode())
         return ctx
 
