@@ -38,6 +38,8 @@ class ClassFigures:
     acknowledged: int = 0  # the kit knows the centre has it
     superseded: int = 0  # P2 values replaced by newer ones before they went out (by design)
     copies: int = 0  # copies the centre received of the delivered ones
+    pending: int = 0  # neither delivered nor superseded when the run ended (still owed)
+    pending_oldest_s: float | None = None  # scenario seconds the oldest of them had waited
     delay_median_s: float | None = None
     delay_p95_s: float | None = None
     delay_max_s: float | None = None
@@ -156,8 +158,12 @@ def summarise(world: World) -> Summary:
                     windows[0], _scenario_s(world, accepted_ms), delay
                 ):
                     ks.p0_late.append(seq)
-            elif p == 0:
-                ks.p0_late.append(seq)
+            else:
+                figures.pending += 1
+                waited = round(world.now() - _scenario_s(world, accepted_ms), 1)
+                figures.pending_oldest_s = max(figures.pending_oldest_s or 0.0, waited)
+                if p == 0:
+                    ks.p0_late.append(seq)
         for p, values in delays.items():
             if values:
                 f = ks.classes[CLASSES[p]]
@@ -256,7 +262,7 @@ def print_summary(summary: Summary, out: TextIO) -> None:
     for ks in summary.kits:
         out.write(f"\n{ks.name} (kit {ks.kit_id}, 重启 reboots {ks.reboots})\n")
         out.write(
-            "  类别 class  已存 filed  送达 delivered  被取代 superseded"
+            "  类别 class  已存 filed  送达 delivered  被取代 superseded  在途 pending"
             "  时延 delay s (median/p95/max)\n"
         )
         for name, f in ks.classes.items():
@@ -266,7 +272,10 @@ def print_summary(summary: Summary, out: TextIO) -> None:
                 "-" if v is None else f"{v:g}"
                 for v in (f.delay_median_s, f.delay_p95_s, f.delay_max_s)
             )
-            out.write(f"  {name:<11} {f.filed:>10} {f.delivered:>15} {f.superseded:>18}  {delay}\n")
+            out.write(
+                f"  {name:<11} {f.filed:>10} {f.delivered:>15} {f.superseded:>18}"
+                f" {f.pending:>12}  {delay}\n"
+            )
         out.write("  链路 link       字节 bytes  消息 msgs  费用 cost\n")
         for name, lf in ks.links.items():
             out.write(f"  {name:<14} {lf.bytes:>10} {lf.messages:>10} {lf.cost:>10g}\n")

@@ -38,6 +38,8 @@ def processes_under(root: Path) -> list[str]:
     return found
 
 
+TAIL_REAL_S = 8.0  # items filed this close to the end of a run may still be in flight
+
 RUNS = {  # scenario: (speed, scenario seconds to play)
     "first-hours": (120.0, 6300.0),
     "night-flood": (60.0, None),
@@ -144,10 +146,14 @@ def test_aftershock_reboots_lose_nothing_and_store_nothing_twice(
     (kit,) = summary.kits
     assert kit.reboots == 2
     # Every item the kit accepted before or between the reboots reached the centre once
-    # (tracks may be superseded by a newer position instead).
+    # (tracks may be superseded by a newer position instead). What the kit filed in the
+    # last moments may still be on its way when the run stops: at most a few real seconds'
+    # worth (a busy CI machine delays the uplink, not the scenario clock).
+    in_flight_s = TAIL_REAL_S * summary.speed
     for name, f in kit.classes.items():
-        if name != "P4":  # the last video segment may still be in flight at the end
-            assert f.delivered + f.superseded == f.filed, (name, f)
+        assert f.delivered + f.superseded + f.pending == f.filed, (name, f)
+        if name != "P4":  # a video segment takes longer than the tail to upload
+            assert f.pending == 0 or f.pending_oldest_s <= in_flight_s, (name, f)
     assert kit.classes["P4"].delivered >= 1  # drone segments recorded and uploaded
 
 
