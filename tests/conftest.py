@@ -39,7 +39,7 @@ def start_edge(config: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def wait_ready(config: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_ready(config: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     with EdgeClient(endpoint(config), timeout_s=0.2, retries=0) as client:
         while time.monotonic() < deadline:
