@@ -1,7 +1,9 @@
-"""Outbox benchmark: durable accepts, next-items with a million queued, start-up, edge memory.
+"""Outbox benchmark: durable accepts, next-items with a million queued, start-up, edge memory,
+and what encrypting bodies at rest costs the store's writer.
 
 Prints progress to stderr and one JSON object as the last line of stdout.
     .venv/bin/python bench/outbox.py [--items 1000000] [--clients 8] [--seconds 5]
+    .venv/bin/python bench/outbox.py --only atrest     # the at-rest figures alone (~20 s)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if not __package__:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from config.loader import render_default
+from edge.atrest import AtRest
 from edge.client import EdgeClient
 from edge.errors import EdgeUnavailable
 from edge.item import Item, Kind, MediaRef, Position, Priority, encode, new_item
@@ -213,13 +216,83 @@ def bench_next_items(db_path: Path, calls: int) -> dict[str, float]:
     }
 
 
+def bench_atrest(items: int = 10_000, group: int = 64, rounds: int = 7) -> dict[str, object]:
+    """Accepts per second through the store itself, in groups of ``group`` (one fsync each,
+    as the daemon's group commit), with bodies plain and sealed at rest (both profiles);
+    the medians of ``rounds`` alternating runs, so disk noise hits every variant alike.
+    Plus the CPU cost of sealing and opening one report body."""
+    batch = [
+        new_item("situation", source="bench", text=f"道路中断 {i}", position=Position(30.6, 104.0))
+        for i in range(items)
+    ]
+    bodies = [encode(item) for item in batch]
+
+    async def rate(folder: Path, at_rest: AtRest | None) -> float:
+        store = await Store.open(folder / "outbox.sqlite3", at_rest)
+        try:
+            t0 = time.perf_counter()
+            for i in range(0, items, group):
+                await store.accept_many(batch[i : i + group], bodies[i : i + group])
+            return items / (time.perf_counter() - t0)
+        finally:
+            await store.close()
+
+    variants: dict[str, list[float]] = {"plain": [], "default": [], "national": []}
+    for r in range(rounds):
+        for name, runs in variants.items():
+            with tempfile.TemporaryDirectory(prefix="kit-bench-atrest-") as tmp:
+                at_rest = None if name == "plain" else AtRest(Path(tmp) / "keys", name, True)
+                runs.append(asyncio.run(rate(Path(tmp), at_rest)))
+            say(f"at rest, round {r + 1}/{rounds}: {name} {runs[-1]:,.0f} accepts/s")
+    out: dict[str, object] = {}
+    for name in ("default", "national"):
+        with tempfile.TemporaryDirectory(prefix="kit-bench-atrest-") as tmp:
+            at_rest = AtRest(Path(tmp), name, encrypt=True)
+            at_rest.bind(None, Path(tmp) / "outbox.sqlite3")
+        uid, body = batch[0].uid.bytes, bodies[0]
+        t0 = time.perf_counter()
+        sealed = [at_rest.seal(uid, body) for _ in range(items)]
+        seal_us = (time.perf_counter() - t0) / items * 1e6
+        t0 = time.perf_counter()
+        for s in sealed:
+            at_rest.open(uid, s)
+        open_us = (time.perf_counter() - t0) / items * 1e6
+        out[f"atrest_{name}"] = {
+            "seal_us": round(seal_us, 2),
+            "open_us": round(open_us, 2),
+            "body_bytes": len(body),
+        }
+    plain = statistics.median(variants["plain"])
+    encrypted = statistics.median(variants["default"])
+    national = statistics.median(variants["national"])
+    return {
+        "accept_per_s_plain": round(plain, 1),
+        "accept_per_s_encrypted": round(encrypted, 1),
+        "accept_per_s_encrypted_national": round(national, 1),
+        "atrest_ratio": round(encrypted / plain, 3),
+        "atrest_ratio_national": round(national / plain, 3),
+        **out,
+    }
+
+
+def machine() -> str:
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--only", choices=["atrest"], help="run only these figures")
     args = ap.parse_args()
+    if args.only == "atrest":
+        print(json.dumps({"bench": "outbox", **bench_atrest(), "machine": machine()}))
+        return
     with tempfile.TemporaryDirectory(prefix="kit-bench-") as tmp:
         config = Path(tmp) / "kit.toml"
         config.write_text(render_default(1, "bench", "data", "run"))
@@ -238,6 +311,8 @@ def main() -> None:
             stop(proc)
         say(f"next items ({args.calls} calls per link profile) …")
         result.update(bench_next_items(db_path, args.calls))
+        say("accepts with bodies encrypted at rest …")
+        result.update(bench_atrest())
         rss.append(float(result.pop("rss_accept_mb")))  # type: ignore[arg-type]
         result.update(
             {
@@ -245,8 +320,7 @@ def main() -> None:
                 "startup_s": round(statistics.median(startups), 3),
                 "edge_rss_mb": round(max(rss), 1),
                 "db_mb": round(db_path.stat().st_size / 1e6, 1),
-                "machine": f"{platform.machine()} {os.cpu_count()} cores, "
-                f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}",
+                "machine": machine(),
             }
         )
     print(json.dumps(result, ensure_ascii=False))

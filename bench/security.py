@@ -52,6 +52,7 @@ def per_op_ms(fn: Callable[[], object], n: int) -> float:
 
 def measure(name: str, frames: int, tmp: Path) -> dict[str, Any]:
     prof = profile(name)
+    n = max(frames // 20, 100)  # frames accepted with a durable replay row each
     kit = KitSecurity(
         KIT,
         simkeys.kit_pair(KIT, name),
@@ -84,11 +85,17 @@ def measure(name: str, frames: int, tmp: Path) -> dict[str, Any]:
             verifier.verify(KIT, "POST", "/v1/items", {**headers, HEADER: auth}, body)
 
         ip_rate = rate(request, max(frames // 10, 100))
+        # The centre's accept path: open, then take the frame in the replay window (a
+        # SQLite row, durable before the frame is acknowledged).
+        fresh = [fragment(KIT, 1000 + i, report, MTU_BEIDOU, sealer=kit)[0] for i in range(n)]
+        taken = iter(fresh)
+        accept_rate = rate(lambda: centre.fresh(decode_frame(next(taken), sealer=centre)), n)
         session = centre.session(KIT)
         return {
             "frame_overhead_bytes": len(sealed) - len(report),
             "seal_per_s": round(seal_rate),
             "open_per_s": round(open_rate),
+            "accept_per_s": round(accept_rate),
             "sos_beidou_bytes": len(sealed_sos) + 1,  # + the A4 marker byte of mixed mode
             "agree_ms": per_op_ms(lambda: prof.directional(private, peer, b"bench"), 20),
             "keygen_ms": per_op_ms(lambda: prof.public(prof.generate()), 20),

@@ -219,6 +219,7 @@ runtime_dir = "{runtime_dir}" # sockets of the bus and the edge daemon
 [security]               # `kit provision` makes this kit's key pair in <data_dir>/keys
 profile = "default"      # default (X25519 + ChaCha20-Poly1305) or national (SM2/SM3/SM4)
 centre_public_key = "{centre_key}"  # as `kit centre keys` prints it
+encrypt_at_rest = false  # seal report bodies in the outbox; a key wipe then shreds them
 
 [edge]
 max_batch = 512          # accepts committed per transaction (group commit)

@@ -180,6 +180,9 @@ def _status_table(s: dict[str, Any]) -> str:
         lines += [f"    {e}" for e in s["config_errors"]]
     lines.append("待发送 / queued   " + "  ".join(f"{p}:{n}" for p, n in s["queued"].items()))
     lines.append(f"存储 / store      {s['store']['path']}  ({s['store']['bytes'] / 1e6:.1f} MB)")
+    at_rest = s.get("at_rest") or {}
+    if at_rest.get("wiped"):
+        lines.append(f"密钥已销毁 / KEYS WIPED  {at_rest['message']}")
     lines += _reports_table(s)
     return "\n".join(lines)
 

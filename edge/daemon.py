@@ -24,9 +24,11 @@ import zmq.asyncio
 from config.loader import Loaded
 from config.loader import load as load_config
 from edge import bus, topics
+from edge.atrest import AtRest
 from edge.errors import BadItem, DiskNearlyFull, KitError, StoreLocked
 from edge.item import Item, Priority, check_size, from_wire
 from edge.sdnotify import systemd_notify
+from edge.statusreport import reporter_for
 from edge.store import Accepted, Queued, State, Store
 
 log = logging.getLogger("edge")
@@ -85,6 +87,7 @@ class EdgeDaemon:
         self.fix: tuple[float, topics.PositionFix] | None = None
         self.orders: deque[topics.OrderReceived] = deque(maxlen=RECENT_ORDERS)
         self.team: tuple[float, topics.TeamRoster] | None = None
+        self.power_mode: tuple[float, topics.PowerModeChanged] | None = None
 
     async def watch_states(self, sub: bus.Subscriber) -> None:
         """Keep the latest device, link, battery and position reports for ``status``."""
@@ -103,6 +106,8 @@ class EdgeDaemon:
                 self.orders.append(message)
             elif topic is topics.TEAM_ROSTER:
                 self.team = (now, message)
+            elif topic is topics.POWER_MODE:
+                self.power_mode = (now, message)
 
     # -- group commit ----------------------------------------------------------------------
 
@@ -118,6 +123,10 @@ class EdgeDaemon:
                     results = await self.store.accept_many(
                         [p.item for p in group], [p.body for p in group]
                     )
+                except KitError as err:  # the keys were wiped after these were taken
+                    for p in group:
+                        p.reply(error_reply(err))
+                    continue
                 except Exception as exc:  # disk full, I/O error: tell every waiting client
                     if isinstance(exc, sqlite3.OperationalError | OSError):
                         # Expected on a full or failing disk: one line each, not a traceback.
@@ -154,6 +163,18 @@ class EdgeDaemon:
     def _enqueue(self, item: Item, body: bytes, reply: Callable[[dict[str, Any]], None]) -> None:
         self._pending.append(_Pending(item, body, reply))
         self._wake.set()
+
+    async def file(self, item: Item) -> dict[str, Any]:
+        """Accept an item of the daemon's own (the kit's status) through the group commit;
+        the answer is the one a client would get."""
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def reply(result: dict[str, Any]) -> None:
+            if not answer.done():
+                answer.set_result(result)
+
+        self._enqueue(item, check_size(item), reply)
+        return await answer
 
     # -- RPC -------------------------------------------------------------------------------
 
@@ -278,6 +299,7 @@ class EdgeDaemon:
     ) -> None:
         item = from_wire(request.get("item"))
         body = check_size(item)
+        self.store.at_rest.check()  # wiped keys: the kit is being abandoned, take nothing
         if item.priority > Priority.P1:
             self._check_margin()
         self._enqueue(item, body, reply)  # the answer goes out after the group's commit
@@ -308,7 +330,7 @@ class EdgeDaemon:
         seq = request.get("seq")
         if isinstance(seq, bool) or not isinstance(seq, int):
             raise BadItem("需要整数序号", "an integer seq is required")
-        stored = await self.store.get(seq)
+        stored = await self.store.delivery(seq)  # no body: answers after a key wipe too
         if stored is None:
             reply(
                 {
@@ -324,8 +346,8 @@ class EdgeDaemon:
                 "state": stored.state.name,
                 "attempts": stored.attempts,
                 "link": stored.link,
-                "kind": stored.item.kind.value,
-                "priority": stored.item.priority.name,
+                "kind": stored.kind.value,
+                "priority": stored.priority.name,
             }
         )
 
@@ -353,6 +375,7 @@ class EdgeDaemon:
             "commits": self.commits,
             "requeued_at_start": self.store.requeued_at_start,
             "store": {"path": str(self.store.path), "bytes": db_bytes},
+            "at_rest": self.store.at_rest_status(),
             **self._reports(),
         }
 
@@ -375,6 +398,7 @@ class EdgeDaemon:
                 for name, (at, ln) in sorted(self.links.items())
             },
             "battery": None if self.battery is None else aged(*_fields(self.battery)),
+            "power_mode": None if self.power_mode is None else aged(*_fields(self.power_mode)),
             "position": None if self.fix is None else aged(*_fields(self.fix)),
             "orders": [dataclasses.asdict(o) for o in reversed(self.orders)],
             # age_s: of the mesh process's report, as for devices; last_heard_ms says when
@@ -433,12 +457,15 @@ async def serve(
     config.paths.runtime_dir.mkdir(parents=True, exist_ok=True)
     ctx = zmq.asyncio.Context()
     tasks: list[asyncio.Task[None]] = []
-    store = await Store.open(config.store_path)
+    at_rest = AtRest(config.keys_dir, config.security.profile, config.security.encrypt_at_rest)
+    store = await Store.open(config.store_path, at_rest)
     rpc = ctx.socket(zmq.ROUTER)
     rpc.setsockopt(zmq.LINGER, 0)
     publisher: bus.Publisher | None = None
     states: bus.Subscriber | None = None
     try:
+        if at_rest.fault is not None:  # serve status and say why, rather than exit and loop
+            log.error("%s", at_rest.fault)
         if store.requeued_at_start:
             log.info("put %d in-flight items back to ready", store.requeued_at_start)
         tasks.append(
@@ -460,8 +487,11 @@ async def serve(
             topics.POSITION_FIX,
             topics.ORDER_RECEIVED,
             topics.TEAM_ROSTER,
+            topics.POWER_MODE,
         )
         tasks.append(asyncio.create_task(daemon.watch_states(states)))
+        if config.status.enabled:
+            tasks.append(asyncio.create_task(reporter_for(daemon, config.status).run()))
         if loaded.safe_mode:
             log.error("安全模式 / SAFE MODE: config %s has errors:", loaded.source)
             for issue in loaded.issues:

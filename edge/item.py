@@ -80,6 +80,7 @@ class Kind(StrEnum):
     PHOTO = "photo"
     VIDEO = "video"
     AUDIO = "audio"
+    AUDIT = "audit"  # a batch of the kit's chained audit log (security.mirror)
 
     @property
     def default_priority(self) -> Priority:
@@ -123,6 +124,7 @@ _ALLOWED: dict[Kind, tuple[Priority, ...]] = {
     Kind.PHOTO: (P.P4,),
     Kind.VIDEO: (P.P4,),
     Kind.AUDIO: (P.P4,),
+    Kind.AUDIT: (P.P4,),
 }
 _MEDIA_KINDS = frozenset(
     {Kind.THUMBNAIL, Kind.PREVIEW, Kind.VOICE, Kind.PHOTO, Kind.VIDEO, Kind.AUDIO}

@@ -8,6 +8,8 @@ fsync covers many clients (group commit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import time
 import uuid
@@ -19,10 +21,12 @@ from typing import Any
 
 import aiosqlite
 
+from edge.atrest import AtRest, BodyUnreadable, DataKeyError
 from edge.errors import BadItem, InvalidTransition
 from edge.item import Item, Kind, Priority, decode, encode
 
 SCHEMA_VERSION = 1
+log = logging.getLogger("edge.store")
 
 
 class State(IntEnum):
@@ -94,6 +98,18 @@ class Stored:
     acked_ms: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An item's delivery record without its body (readable even after a key wipe)."""
+
+    seq: int
+    kind: Kind
+    priority: Priority
+    state: State
+    attempts: int
+    link: str | None
+
+
 _DDL = """
 CREATE TABLE IF NOT EXISTS items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: it names the item on the wire
@@ -140,15 +156,18 @@ END;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
-_COLUMNS = "seq, priority, kind, size, created_ms, source, body"
+_COLUMNS = "seq, priority, kind, size, created_ms, source, body, uid"
 INSERT_SQL = (
     "INSERT INTO items (uid, kind, priority, state, created_ms, clock_ok, source, size, body,"
     " accepted_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
-def row_for(item: Item, body: bytes, state: State, now_ms: int) -> tuple[object, ...]:
-    """The values of :data:`INSERT_SQL` for ``item`` (``body`` is ``encode(item)``)."""
+def row_for(
+    item: Item, body: bytes, state: State, now_ms: int, stored: bytes | None = None
+) -> tuple[object, ...]:
+    """The values of :data:`INSERT_SQL` for ``item`` (``body`` is ``encode(item)``, ``stored``
+    what goes on disk if not that: sealed at rest). The size is the plaintext's."""
     size = len(body) + (item.media.size if item.media else 0)
     return (
         item.uid.bytes,
@@ -159,7 +178,7 @@ def row_for(item: Item, body: bytes, state: State, now_ms: int) -> tuple[object,
         int(item.clock_ok),
         item.source,
         size,
-        body,
+        body if stored is None else stored,
         now_ms,
     )
 
@@ -171,9 +190,11 @@ def _now_ms() -> int:
 class Store:
     """The kit's outbox on SQLite. Open with :meth:`open`; one instance per process."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, at_rest: AtRest | None = None) -> None:
         self._db = db
         self.path = path
+        self.at_rest = at_rest or AtRest()
+        self.unreadable: dict[int, str] = {}  # seq -> why its body does not open (logged once)
         self._write = asyncio.Lock()  # one write transaction at a time on the one connection
         self._last_seq = 0  # highest seq ever assigned (this is the only writer)
         self.requeued_at_start = 0
@@ -181,8 +202,11 @@ class Store:
     # -- life cycle -------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path | str) -> Store:
-        """Open (creating if needed) the store and put in-flight items back to ready."""
+    async def open(cls, path: Path | str, at_rest: AtRest | None = None) -> Store:
+        """Open (creating if needed) the store and put in-flight items back to ready.
+
+        ``at_rest`` seals new bodies and opens stored ones (plaintext only without it).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
@@ -193,7 +217,9 @@ class Store:
             await db.execute("PRAGMA foreign_keys=ON")
             await db.executescript(_DDL)
             await cls._check_version(db)
-            store = cls(db, path)
+            at_rest = at_rest or AtRest()
+            await cls._bind_key(db, at_rest, path)
+            store = cls(db, path, at_rest)
             await store._start()
         except BaseException:
             await db.close()
@@ -210,6 +236,39 @@ class Store:
             raise RuntimeError(
                 f"store schema {row[0]} is not supported (expected {SCHEMA_VERSION})"
             )
+
+    @staticmethod
+    async def _bind_key(db: aiosqlite.Connection, at_rest: AtRest, path: Path) -> None:
+        async with db.execute("SELECT value FROM meta WHERE key='at_rest_key'") as cur:
+            row = await cur.fetchone()
+        recorded = None if row is None else str(row[0])
+        key_id = at_rest.bind(recorded, path)
+        if key_id is not None and key_id != recorded:
+            await db.execute("INSERT OR REPLACE INTO meta VALUES ('at_rest_key', ?)", (key_id,))
+
+    def at_rest_status(self) -> dict[str, Any]:
+        """Encryption at rest, whether the key was wiped, and the bodies that do not open."""
+        with contextlib.suppress(DataKeyError):  # a wipe shows here even before a read
+            self.at_rest.check()
+        return {**self.at_rest.status(), "unreadable": sorted(self.unreadable)[:20]}
+
+    def _open_rows(self, rows: Iterable[Any]) -> list[Queued]:
+        """Queued items of ``(seq, …, body, uid)`` rows; a body that does not open is left
+        out (and logged once) so that one damaged row cannot stop the whole queue."""
+        rows = list(rows)
+        if rows:
+            self.at_rest.check()
+        out: list[Queued] = []
+        for r in rows:
+            try:
+                body = self.at_rest.open(bytes(r[7]), bytes(r[6]), r[0])
+            except BodyUnreadable as err:
+                if r[0] not in self.unreadable:
+                    log.error("%s", err)
+                    self.unreadable[r[0]] = str(err)
+                continue
+            out.append(Queued(r[0], Priority(r[1]), Kind(r[2]), r[3], r[4], r[5], body))
+        return out
 
     async def _start(self) -> None:
         async with self._write:
@@ -277,6 +336,7 @@ class Store:
         now = _now_ms()
         if bodies is None:
             bodies = [encode(item) for item in items]
+        self.at_rest.check()  # wiped keys: refuse before anything is written
         async with self._write:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -312,9 +372,10 @@ class Store:
             stored = await self._by_uid(uids, "seq")
             fresh = [i for uid, i in first.items() if uid not in stored]
             winners = await self._decide_tracks(items, fresh, states)
+        sealed = {i: self.at_rest.seal(uids[i], bodies[i]) for i in first.values()}
         await self._db.executemany(
             INSERT_SQL + " ON CONFLICT(uid) DO NOTHING",
-            [row_for(items[i], bodies[i], states[i], now) for i in first.values()],
+            [row_for(items[i], bodies[i], states[i], now, sealed[i]) for i in first.values()],
         )
         rows = await self._by_uid(uids, "seq, body, state")
         before, self._last_seq = (
@@ -326,7 +387,15 @@ class Store:
         results: list[Accepted | BadItem] = []
         for i, (item, uid) in enumerate(zip(items, uids, strict=True)):
             seq, body, state = rows[uid]
-            if bytes(body) != bodies[i]:
+            if bytes(body) == sealed[first[uid]]:
+                plain = bodies[first[uid]]  # the row this group wrote
+            else:
+                try:
+                    plain = self.at_rest.open(uid, bytes(body), seq)
+                except BodyUnreadable as err:
+                    results.append(BadItem(err.zh, err.en))
+                    continue
+            if plain != bodies[i]:
                 results.append(_uid_reused(item.uid))
             else:
                 new = seq > before and first[uid] == i
@@ -388,23 +457,31 @@ class Store:
                 " WHERE state = 0 AND priority = ? AND size <= ? ORDER BY seq LIMIT ?",
                 (int(prio), max_size, limit - len(out)),
             )
-            out.extend(
-                Queued(r[0], Priority(r[1]), Kind(r[2]), r[3], r[4], r[5], bytes(r[6]))
-                for r in rows
-            )
+            out.extend(self._open_rows(rows))
         return out
 
     async def get(self, key: int | uuid.UUID) -> Stored | None:
         column, value = ("seq", key) if isinstance(key, int) else ("uid", key.bytes)
         async with self._db.execute(
-            "SELECT seq, body, state, accepted_ms, attempts, link, acked_ms FROM items"
+            "SELECT seq, body, state, accepted_ms, attempts, link, acked_ms, uid FROM items"
             f" WHERE {column} = ?",
             (value,),
         ) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
-        return Stored(row[0], decode(bytes(row[1])), State(row[2]), row[3], row[4], row[5], row[6])
+        self.at_rest.check()
+        body = self.at_rest.open(bytes(row[7]), bytes(row[1]), row[0])
+        return Stored(row[0], decode(body), State(row[2]), row[3], row[4], row[5], row[6])
+
+    async def delivery(self, seq: int) -> Delivery | None:
+        rows = await self._db.execute_fetchall(
+            "SELECT seq, kind, priority, state, attempts, link FROM items WHERE seq = ?", (seq,)
+        )
+        return next(
+            (Delivery(r[0], Kind(r[1]), Priority(r[2]), State(r[3]), r[4], r[5]) for r in rows),
+            None,
+        )
 
     # -- transitions -----------------------------------------------------------------------
 
@@ -531,9 +608,7 @@ class Store:
             f" AND priority IN ({marks}) ORDER BY seq LIMIT ?",
             (limit,),
         )
-        return [
-            Queued(r[0], Priority(r[1]), Kind(r[2]), r[3], r[4], r[5], bytes(r[6])) for r in rows
-        ]
+        return self._open_rows(rows)
 
     async def mark_evictable(self, seqs: Iterable[int]) -> list[int]:
         """Acknowledged items whose local copy is no longer needed."""

@@ -92,9 +92,13 @@ def wipe_main(config: KitConfig, yes: bool) -> int:
 
 def wipe_kit_keys(config: KitConfig, how: str) -> list[Path]:
     """Destroy the kit's keys and audit who did it (``how``: the command line, the web
-    page's user, the GPIO button). The running processes keep the keys they derived in
-    memory until they stop: power the kit off after a wipe."""
-    wiped = wipe(config.keys_dir)
+    page's user, the GPIO button). The outbox's data key goes first: once it is gone the
+    stored report bodies are unreadable (the edge daemon notices at its next read and
+    refuses bodies and new items). Other processes keep the keys they derived in memory
+    until they stop: power the kit off after a wipe."""
+    from edge.atrest import wipe_key
+
+    wiped = [*wipe_key(config.keys_dir), *wipe(config.keys_dir)]
     state = SecurityState(config.paths.data_dir / KIT_STATE)
     try:
         state.audit("key-wiped", config.kit.id, "wipe", ", ".join(p.name for p in wiped), how)
@@ -122,6 +126,7 @@ def _centre_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", default="", help="why (kept in the audit log)")
     p = sub.add_parser("audit", help="审计日志 / show the audit log and check its chain")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--kit", type=int, help="该套件镜像到中心的审计日志 / a kit's mirrored log")
     for p in sub.choices.values():
         p.add_argument("--config", type=Path, required=True, help="the centre's TOML config")
     return parser
@@ -144,6 +149,10 @@ def centre_command(argv: list[str]) -> int:
             )
             print(pair.public_text)
         return 0
+    if args.command == "audit" and args.kit is not None:
+        from security.mirror import audit_main
+
+        return audit_main(config, args.kit, as_json=args.json)
     state = SecurityState(config.security_db)
     try:
         if args.command == "audit":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -64,9 +65,41 @@ class ReplayWindow:
                     del self.seen[old]
 
 
-def _row_hash(prev: bytes, row: tuple[object, ...]) -> bytes:
+# Longest texts an audit row keeps (longer ones are cut, marked with …), so that any row
+# fits one mirrored audit item (security.mirror); control characters become spaces.
+EVENT_CHARS, REASON_CHARS, DETAIL_CHARS, LINK_CHARS = 40, 120, 480, 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def clip(text: str, limit: int) -> str:
+    text = _CONTROL.sub(" ", text).encode("utf-8", "replace").decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def row_hash(prev: bytes, row: tuple[object, ...]) -> bytes:
+    """The chain value of an audit row: SHA-256 of the previous row's plus this row's
+    (at, event, kit_id, reason, detail, link) as compact JSON."""
     text = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(prev + text.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One row of the audit log with its chain values."""
+
+    id: int
+    at: float
+    event: str
+    kit_id: int | None
+    reason: str
+    detail: str
+    link: str
+    prev: bytes
+    hash: bytes
+
+    @property
+    def fields(self) -> tuple[float, str, int | None, str, str, str]:
+        return (self.at, self.event, self.kit_id, self.reason, self.detail, self.link)
 
 
 class SecurityState:
@@ -78,7 +111,9 @@ class SecurityState:
         self.width = width
         self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a WAL commit is fsynced, so a replay row (and an audit row) survives a power
+        # cut once the call returns; NORMAL could roll both back (bench/security.py: accept_per_s).
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._windows: dict[tuple[int, bytes], ReplayWindow] = {}
         self._revoked: frozenset[int] = frozenset()
@@ -158,12 +193,14 @@ class SecurityState:
         self, event: str, kit_id: int | None, reason: str, detail: str = "", link: str = ""
     ) -> None:
         """Append one hash-chained row (who: kit_id and link; what: event; why: reason)."""
+        event, reason = clip(event, EVENT_CHARS), clip(reason, REASON_CHARS)
+        detail, link = clip(detail, DETAIL_CHARS), clip(link, LINK_CHARS)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             last = self._db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
             prev = last[0] if last else bytes(32)
             at = time.time()
-            digest = _row_hash(prev, (at, event, kit_id, reason, detail, link))
+            digest = row_hash(prev, (at, event, kit_id, reason, detail, link))
             self._db.execute(
                 "INSERT INTO audit (at, event, kit_id, reason, detail, link, prev, hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -183,14 +220,29 @@ class SecurityState:
             args = (event,)
         return list(self._db.execute(sql + " ORDER BY id", args))
 
+    def rows_after(self, after: int, limit: int) -> list[AuditRow]:
+        """Up to ``limit`` audit rows with an id above ``after``, in order, chain values too."""
+        return [
+            AuditRow(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), bytes(r[8]))
+            for r in self._db.execute(
+                "SELECT id, at, event, kit_id, reason, detail, link, prev, hash FROM audit"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            )
+        ]
+
+    def last_audit_id(self) -> int:
+        (top,) = self._db.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
+        return int(top)
+
     def verify_chain(self) -> int | None:
         """The id of the first audit row that does not chain, or None if all do."""
         prev = bytes(32)
         for row in self._db.execute(
             "SELECT id, at, event, kit_id, reason, detail, link, prev, hash FROM audit ORDER BY id"
         ):
-            rid, *fields, row_prev, row_hash = row
-            if row_prev != prev or _row_hash(prev, tuple(fields)) != row_hash:
+            rid, *fields, row_prev, digest = row
+            if row_prev != prev or row_hash(prev, tuple(fields)) != digest:
                 return int(rid)
-            prev = row_hash
+            prev = digest
         return None

@@ -14,6 +14,7 @@ LEB128 varints and ``ctext`` (GB18030 or UTF-8, flagged) as in :mod:`uplink.fram
                                              else since 1970-01-01 (unsynchronised clock)
              source                          u8 code: 0 ctext follows | 1 "kit" | 2 "web"
                                              | 3 "cli" | 4 "button" | 5 "mesh:!" + u32 node id
+                                             | 6 "kit:status"
              [POS]    i32 lat, i32 lon       degrees × 10^7 (1e-7° ≈ 1 cm)
              [ALT]    i16 metres             rounded (needs POS)
              [ACC]    varint metres          rounded up (needs POS)
@@ -82,8 +83,9 @@ KIND_CODES: dict[Kind, int] = {
     Kind.PHOTO: 14,
     Kind.VIDEO: 15,
     Kind.AUDIO: 16,
+    Kind.AUDIT: 17,
 }
-SOURCE_CODES: dict[str, int] = {"kit": 1, "web": 2, "cli": 3, "button": 4}
+SOURCE_CODES: dict[str, int] = {"kit": 1, "web": 2, "cli": 3, "button": 4, "kit:status": 6}
 MIME_CODES: dict[str, int] = {
     "image/jpeg": 1,
     "image/webp": 2,
@@ -113,6 +115,17 @@ DATA_KEYS: tuple[str, ...] = (
     "temp_c",
     "heading",
     "speed",
+    # The kit's periodic status (edge/statusreport.py): one Beidou message with all of it.
+    "battery_pct",
+    "hours_left",
+    "mains",
+    "power",
+    "backlog",
+    "backlog_p0",
+    "backlog_p1",
+    "links",
+    "disk_pct",
+    "fix",
 )
 
 _KINDS = {code: kind for kind, code in KIND_CODES.items()}

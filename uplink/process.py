@@ -16,6 +16,7 @@ from edge.daemon import RPC_SOCKET
 from edge.item import Priority
 from edge.service import run_service
 from security.cli import kit_security
+from security.mirror import serve_mirror
 from uplink import registry
 from uplink.link import Link
 from uplink.orders import OrderDesk
@@ -135,12 +136,14 @@ async def serve(config: KitConfig, stop: asyncio.Event) -> None:
     if not uplink.links:
         log.warning("没有配置链路 / no links configured: add [[links]] to the config")
     log.info("uplink for kit %d: %s", config.kit.id, ", ".join(link.name for link in uplink.links))
+    state = None if uplink.security is None else uplink.security.state  # its audit, mirrored
     tasks = [
         asyncio.create_task(uplink.run()),
         asyncio.create_task(_wake_on_new_items(config, uplink)),
         asyncio.create_task(_report_states(config, uplink)),
         asyncio.create_task(_follow_power(config, uplink)),
         asyncio.create_task(_take_orders(config, uplink, edge)),
+        asyncio.create_task(serve_mirror(config, state, edge)),
     ]
     stopper = asyncio.create_task(stop.wait())
     try:

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from config.loader import BadConfig, ConfigIssue, read_raw, validate
 from config.schema import KitConfig
 from config.web import tomlw
+from security.trail import AuditTrail
 
 ALL_PROCESSES = ("edge", "uplink", "drivers", "mesh", "media", "web")
 # Which processes read each top-level section (each reads it once, at start).
@@ -43,6 +44,7 @@ SECTION_PROCESSES: dict[str, tuple[str, ...]] = {
     "mesh": ("mesh",),
     "media": ("media",),
     "web": ("web",),
+    "status": ("edge",),  # the status item is filed by the edge daemon
     "wifi": ("hostapd",),  # outside the kit's processes: the page writes its file
 }
 # Read again by the web page after every save: no restart needed.
@@ -350,9 +352,10 @@ class Saved:
 class ConfigFile:
     """The config file the kit runs from: read, changed, checked and written whole."""
 
-    def __init__(self, path: Path, audit: Path) -> None:
+    def __init__(self, path: Path, audit: Path, trail: AuditTrail | None = None) -> None:
         self.path = path
         self.audit = audit
+        self.trail = trail  # the kit's chained audit log: who saved, which key paths
 
     def read(self) -> tuple[bytes, dict[str, Any]]:
         return self.path.read_bytes(), read_raw(self.path)
@@ -431,6 +434,8 @@ class ConfigFile:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if self.trail is not None:
+            self.trail.config_changed(who, [c.path for c in changes])
 
     def audit_entries(self, limit: int = 20) -> list[dict[str, Any]]:
         try:

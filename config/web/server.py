@@ -44,6 +44,8 @@ from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
 from edge.errors import EdgeUnavailable, KitError
 from edge.sdnotify import systemd_notify
+from security.cli import KIT_STATE
+from security.trail import AuditTrail
 
 log = logging.getLogger("web")
 
@@ -97,7 +99,8 @@ class KitWeb:
         self.limiter = LoginLimiter()
         self.csrf = Csrf()
         self.desk = ReportDesk(self.edge, config.media_dir, web_dir / "reports.jsonl")
-        self.file = ConfigFile(self.config_path, web_dir / "audit.jsonl")
+        self.trail = AuditTrail(config.paths.data_dir / KIT_STATE, config.kit.id or None, "web")
+        self.file = ConfigFile(self.config_path, web_dir / "audit.jsonl", self.trail)
         self.tiles = TileSource(_tiles_path(config))
         self.hub = StatusHub(self.edge, config.endpoint(bus.SUB_SOCKET), config.paths.data_dir)
         self.streams = 0
@@ -424,6 +427,7 @@ class KitWeb:
         if not ok:
             wait = self.limiter.failed(client)
             log.warning("wrong password for %r from %s", user, client)
+            await self.trail.login(user, client, ok=False, lock_s=wait)
             if wait > 0:
                 return self._login_refused(request, tr, wait)
             body = pages.login_body(
@@ -434,6 +438,7 @@ class KitWeb:
             )
         self.limiter.succeeded(client)
         log.info("%s logged in from %s", user, client)
+        await self.trail.login(user, client, ok=True)
         response = web.HTTPSeeOther("/config")
         response.set_cookie(
             SESSION, self.sessions.start(user), httponly=True, samesite="Strict", path="/"
