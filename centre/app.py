@@ -24,6 +24,7 @@ from centre.errors import BadCentreConfig, Refused, UnknownKit
 from centre.frames import FrameGateway
 from centre.keys import CONFIG, STORE, UPLOADS
 from centre.kitauth import TLS, VERIFIER, TlsSlot, kit_auth
+from centre.mediastore import open_media
 from centre.msggw import Terminal, beidou_gateway, mesh_gateway, sms_gateway
 from centre.store import Store
 from centre.udpgw import UdpServer, serve_udp
@@ -181,8 +182,13 @@ async def post_frames(request: web.Request) -> web.Response:
         raise Refused(400, err.zh, err.en) from None
     answers: list[bytes] = []
     kits: set[int] = set()
+    relay_kit = None  # the relaying kit, when its TLS identity proves it
+    tls = request.app[TLS].tls
+    if tls is not None and request.transport is not None:
+        ssl_object = request.transport.get_extra_info("ssl_object")
+        relay_kit = None if ssl_object is None else tls.kit_of(ssl_object)
     for frame in frames:
-        answers += await gateway.handle(frame)
+        answers += await gateway.handle(frame, via=request.remote, relay_kit=relay_kit)
         if gateway.authentic is not None:
             kits.add(gateway.authentic)
     answers += await gateway.missing(kits)
@@ -190,13 +196,21 @@ async def post_frames(request: web.Request) -> web.Response:
 
 
 async def open_store(config: CentreConfig) -> Store:
-    return await Store.open(
-        config.db_path,
-        config.media_dir,
-        database=config.database,
-        pool_size=config.database_pool,
-        wait_s=config.database_wait_s,
-    )
+    """The store with the media store the config names (:class:`BadCentreConfig` if S3
+    refuses the key or lacks the bucket; an unreachable S3 only warns)."""
+    media = await open_media(config)
+    try:
+        return await Store.open(
+            config.db_path,
+            config.media_dir,
+            database=config.database,
+            pool_size=config.database_pool,
+            wait_s=config.database_wait_s,
+            media=media,
+        )
+    except BaseException:
+        media.close()
+        raise
 
 
 def make_app(config: CentreConfig, role: Role | None = None) -> web.Application:
@@ -309,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_workers(config)
     try:
         asyncio.run(serve(config))
+    except BadCentreConfig as err:  # found when starting: the media store refused
+        print(err, file=sys.stderr)
+        return 2
     except (OSError, StoreUnavailable) as err:
         print(f"无法启动接收服务：{err} / cannot start the centre: {err}", file=sys.stderr)
         return 1

@@ -249,6 +249,98 @@ class DashboardSection(BaseModel):
     )
 
 
+S3_MAX_PUT_BYTES = 5 * 1024**3  # the largest object one PutObject may write
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_PREFIX = re.compile(r"([A-Za-z0-9!_.*'()-]+/)*\Z")
+
+
+class MediaSection(BaseModel):
+    """Where complete media files are kept: the media folder, or an S3-compatible bucket."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: Literal["folder", "s3"] = Field(
+        default="folder",
+        title="媒体存储",
+        description="folder: <data_dir>/media (nothing to set up); s3: objects in a bucket "
+        "of an S3-compatible server (MinIO, Ceph RGW, SeaweedFS, Garage, AWS), path-style. "
+        "Uploads in progress stay in <data_dir>/media/.partial either way.",
+    )
+    endpoint: str = Field(
+        default="",
+        max_length=500,
+        title="S3 地址",
+        description="http(s)://host[:port] of the S3 server (store = s3).",
+    )
+    bucket: str = Field(
+        default="",
+        max_length=63,
+        title="存储桶",
+        description="The bucket, made beforehand (3-63 lower-case letters, digits, . and -).",
+    )
+    region: str = Field(
+        default="us-east-1",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9-]+$",
+        title="区域",
+        description="Signing region; most S3-compatible servers accept us-east-1.",
+    )
+    access_key: str = Field(
+        default="", max_length=128, title="访问密钥 ID", description="The S3 access key id."
+    )
+    secret_key_file: Path | None = Field(
+        default=None,
+        title="密钥文件",
+        description="File holding the S3 secret key on one line (relative: in data_dir; "
+        "chmod 600). Never the secret itself in this config.",
+    )
+    prefix: str = Field(
+        default="",
+        max_length=200,
+        title="对象前缀",
+        description="Put before every object key, e.g. centre/ (empty, or ending in /).",
+    )
+    timeout_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=300.0,
+        title="S3 超时",
+        description="Seconds to connect to, or wait for an answer from, the S3 server.",
+    )
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> MediaSection:
+        if self.store != "s3":
+            return self
+        problems = []
+        if not self.endpoint.startswith(("http://", "https://")):
+            problems.append(
+                "endpoint 应为 http(s)://主机[:端口] / endpoint must be http(s)://host[:port]"
+            )
+        if not _BUCKET.match(self.bucket) or ".." in self.bucket:
+            problems.append(
+                f"bucket {self.bucket!r} 不是有效的存储桶名（3-63 位小写字母、数字、. 和 -）"
+                f" / bucket {self.bucket!r} is not a valid bucket name (3-63 lower-case letters,"
+                " digits, . and -)"
+            )
+        if not self.access_key:
+            problems.append("需要 access_key / access_key is required")
+        if self.secret_key_file is None:
+            problems.append(
+                "需要 secret_key_file（存放密钥的文件） / secret_key_file (the file holding the"
+                " secret) is required"
+            )
+        if not _PREFIX.match(self.prefix):
+            problems.append(
+                f"prefix {self.prefix!r} 应为空或以 / 结尾的路径 / prefix {self.prefix!r} must be"
+                " empty or a path ending in /"
+            )
+        if problems:
+            raise ValueError('store = "s3": ' + "；".join(problems))
+        return self
+
+
 class CentreConfig(BaseModel):
     """Everything the centre's ingest service needs to start."""
 
@@ -351,6 +443,12 @@ class CentreConfig(BaseModel):
         description="The operators' dashboard at /dashboard and who may use the order and "
         "export APIs.",
     )
+    media: MediaSection = Field(
+        default_factory=MediaSection,
+        title="媒体存储",
+        description="Where complete media files are kept: the media folder (default) or an "
+        "S3-compatible bucket.",
+    )
     workers: int = Field(
         default=1,
         ge=1,
@@ -375,6 +473,18 @@ class CentreConfig(BaseModel):
                 '"postgresql://…"; SQLite serves one process only) / 多个工作进程需要 PostgreSQL'
             )
         return workers
+
+    @field_validator("media")
+    @classmethod
+    def _one_put_per_file(cls, media: MediaSection, info: ValidationInfo) -> MediaSection:
+        largest = info.data.get("max_upload_bytes", 0)
+        if media.store == "s3" and largest > S3_MAX_PUT_BYTES:
+            raise ValueError(
+                f"S3 每个文件一次写入，至多 {S3_MAX_PUT_BYTES} 字节：请把 max_upload_bytes 调低"
+                f" / S3 takes each file in one PUT of at most {S3_MAX_PUT_BYTES} bytes: lower"
+                f" max_upload_bytes (now {largest})"
+            )
+        return media
 
     @field_validator("exports")
     @classmethod

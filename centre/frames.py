@@ -195,8 +195,14 @@ class FrameGateway:
 
     # -- frames in ----------------------------------------------------------------------
 
-    async def handle(self, data: bytes) -> list[bytes]:
+    async def handle(
+        self, data: bytes, *, via: str | None = None, relay_kit: int | None = None
+    ) -> list[bytes]:
         """Take one frame from the link; returns the frames to send back to its kit.
+
+        ``via`` (the address the frame came from: a Beidou card, a phone number, a mesh
+        node, a UDP peer) and ``relay_kit`` (the kit that relayed it) are stored with the
+        items' arrivals; for a fragmented message, those of the frame that completed it.
 
         A defective frame, one from an unknown or disabled kit, and one that does not
         complete a message are logged (when wrong) and answered with nothing. Only the
@@ -255,7 +261,9 @@ class FrameGateway:
             return []
         self._watch.pop(key, None)
         if message.type is FrameType.ITEMS:
-            return await self._items(message.kit_id, message.msg_seq, message.payload)
+            return await self._items(
+                message.kit_id, message.msg_seq, message.payload, via, relay_kit
+            )
         if message.type is FrameType.MISSING:
             return self._resend(message.kit_id, message.payload)
         log.info(
@@ -266,7 +274,9 @@ class FrameGateway:
         )
         return []
 
-    async def _items(self, kit_id: int, msg_seq: int, payload: bytes) -> list[bytes]:
+    async def _items(
+        self, kit_id: int, msg_seq: int, payload: bytes, via: str | None, relay_kit: int | None
+    ) -> list[bytes]:
         try:
             entries = compact.unpack_entries(payload, kit_id=kit_id)
         except BadFrame as err:
@@ -275,7 +285,12 @@ class FrameGateway:
         blobs = {e.seq: e.blob for e in entries if e.blob is not None}
         try:
             result = await self.store.ingest(
-                kit_id, [(e.seq, e.item) for e in entries], link=self.name, blobs=blobs
+                kit_id,
+                [(e.seq, e.item) for e in entries],
+                link=self.name,
+                blobs=blobs,
+                via=via,
+                relay_kit=relay_kit,
             )
         except UnknownKit as err:  # disabled since the frame arrived
             log.warning("%s: refused message %d: %s", self.name, msg_seq, err.en)

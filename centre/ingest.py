@@ -144,7 +144,7 @@ async def post_items(request: web.Request) -> web.Response:
     items, rejected = decode_items(entries)
     for seq, reason in rejected:
         log.warning("kit %d seq %d over %s rejected: %s", kit_id, seq, link, reason)
-    result = await store.ingest(kit_id, items, link=link)
+    result = await store.ingest(kit_id, items, link=link, via=request.remote)
     rejected += result.rejected
     log.info(
         "kit %d over %s: %d new, %d copies, %d waiting for media, %d rejected",

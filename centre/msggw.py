@@ -28,7 +28,7 @@ from drivers.device import Device
 from drivers.smspdu import BadAddress, MessageTooLong
 from edge.errors import KitError
 from mesh.config import MeshConfig
-from mesh.radio import DataReceived, Event, MeshRadio, RadioOffline
+from mesh.radio import DataReceived, Event, MeshRadio, RadioOffline, node_id
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def mesh_sender(radio: MeshRadio) -> Send:
         if busy is not None and busy >= MESH_MAX_UTILISATION:
             raise Retry(OFFLINE_RETRY_S, f"channel utilisation {busy:.0f} %")
         try:
-            await radio.send_data(frame, int(address))
+            await radio.send_data(frame, int(address.removeprefix("!"), 16))
         except RadioOffline as exc:
             raise Retry(OFFLINE_RETRY_S, exc.en) from exc
         except KitError as exc:
@@ -222,7 +222,7 @@ def mesh_gateway(gateway: FrameGateway, device: str) -> Terminal:
 
     def heard(event: Event) -> None:
         if isinstance(event, DataReceived):
-            server.received(str(event.sender_num), event.payload)
+            server.received(node_id(event.sender_num), event.payload)
 
     radio.on_event = heard
     return Terminal(server, radio)

@@ -23,6 +23,13 @@ A = TypeVar("A")
 Send = Callable[[A, list[bytes]], None]
 
 
+def describe(address: object) -> str:
+    """An address as stored with an item's arrival: ``host:port``, or the text as it is."""
+    if isinstance(address, tuple) and len(address) == 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
 async def answer(
     gateway: FrameGateway,
     inbox: asyncio.Queue[tuple[A, bytes]],
@@ -33,7 +40,7 @@ async def answer(
     while True:
         address, data = await inbox.get()
         try:
-            answers = await gateway.handle(data)
+            answers = await gateway.handle(data, via=describe(address))
         except Exception:
             log.exception("%s: frame from %s not handled", gateway.name, address)
             continue

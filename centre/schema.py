@@ -1,5 +1,5 @@
-"""The centre's schema (kits, items, acknowledged ranges, media files, tus uploads, orders),
-written once for SQLite and translated for PostgreSQL."""
+"""The centre's schema (kits, items and their arrivals, acknowledged ranges, media files, tus
+uploads, orders), written once for SQLite and translated for PostgreSQL."""
 
 from __future__ import annotations
 
@@ -83,6 +83,31 @@ CREATE TABLE IF NOT EXISTS orders(
     receipt_link TEXT
 );
 CREATE INDEX IF NOT EXISTS orders_pending ON orders(kit_id) WHERE receipt_ms IS NULL;
+-- One row per copy of an item that reached the store (the copies items.copies counts):
+-- copy_no 1 is the first, stored with the item. `via` is where the copy came from as its
+-- link knows it (a Beidou card, a phone number, a mesh node, a UDP or HTTP peer address);
+-- `relay_kit` the kit that relayed it over its own connection, when the centre knows it.
+-- The key is the index for reading one item's arrivals in order.
+CREATE TABLE IF NOT EXISTS arrivals(
+    kit_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    copy_no INTEGER NOT NULL CHECK (copy_no >= 1),
+    link TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    via TEXT,
+    relay_kit INTEGER,
+    PRIMARY KEY (kit_id, seq, copy_no)
+) WITHOUT ROWID;
+"""
+
+# A store made before the arrivals table gets each item's first arrival (what the item's
+# row records), once; further copies of those items were counted without a record.
+BACKFILL_ARRIVALS = """
+INSERT INTO arrivals (kit_id, seq, copy_no, link, received_ms)
+    SELECT kit_id, seq, 1, link, received_ms FROM items
+    WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'arrivals')
+    ON CONFLICT DO NOTHING;
+INSERT INTO meta VALUES ('arrivals', '1') ON CONFLICT DO NOTHING;
 """
 
 # SQLite's types and clauses → PostgreSQL's; integers are 64-bit (seqs, milliseconds).

@@ -16,12 +16,10 @@ second row) and keep its acked ranges whole.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import mimetypes
-import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -35,7 +33,8 @@ import aiosqlite
 from centre.acks import add_acked
 from centre.db import Conn, Database, PgDatabase, SqliteDatabase, is_postgres_url, redact
 from centre.errors import UnknownKit
-from centre.schema import DDL, SCHEMA_VERSION, ddl
+from centre.mediastore import FolderStore, MediaStore, MediaUnavailable
+from centre.schema import BACKFILL_ARRIVALS, DDL, SCHEMA_VERSION, ddl
 from centre.schema import sql_type as column_type
 from edge.item import Item, Kind, MediaRef, decode, encode
 from uplink.compact import narrow_key, pack_item
@@ -116,9 +115,10 @@ class Store:
     """The database (SQLite with WAL and synchronous=FULL, or PostgreSQL) plus the media
     folder. Open with :meth:`open`."""
 
-    def __init__(self, db: Database, media_dir: Path) -> None:
+    def __init__(self, db: Database, media_dir: Path, media: MediaStore | None = None) -> None:
         self.db = db
-        self.media_dir = media_dir
+        self.media_dir = media_dir  # tus uploads in progress (and the folder store's files)
+        self.media = media or FolderStore(media_dir)  # complete files
 
     @classmethod
     async def open(
@@ -129,12 +129,13 @@ class Store:
         database: str = "",
         pool_size: int = 8,
         wait_s: float = 5.0,
+        media: MediaStore | None = None,
     ) -> Store:
         """The SQLite store at ``db_path``, or the PostgreSQL one at URL ``database``
         (``pool_size`` connections; a request waits up to ``wait_s`` for one)."""
         media_dir.mkdir(parents=True, exist_ok=True)
         if is_postgres_url(database):
-            return cls(await _open_pg(database, pool_size, wait_s), media_dir)
+            return cls(await _open_pg(database, pool_size, wait_s), media_dir, media)
         db_path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(db_path, isolation_level=None)
         try:
@@ -144,6 +145,7 @@ class Store:
             await db.executescript(DDL)
             await _add_delivery_columns(db)
             await _add_feed_column(db)
+            await db.executescript(BACKFILL_ARRIVALS)
             await db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
@@ -154,10 +156,11 @@ class Store:
         except BaseException:
             await db.close()
             raise
-        return cls(SqliteDatabase(db, str(db_path)), media_dir)
+        return cls(SqliteDatabase(db, str(db_path)), media_dir, media)
 
     async def close(self) -> None:
         await self.db.close()
+        self.media.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
@@ -208,6 +211,8 @@ class Store:
         *,
         link: str,
         blobs: Mapping[int, bytes] | None = None,
+        via: str | None = None,
+        relay_kit: int | None = None,
     ) -> Ingested:
         """Store each (seq, item) of ``kit_id`` once, in ONE transaction with its ack.
 
@@ -215,9 +220,12 @@ class Store:
         link carries it: see :func:`_same_item`) bumps its ``copies`` counter; a copy
         with more detail than the stored one (the full IP copy of an item first heard
         over a narrow link) replaces the record. A different item under a stored seq is
-        rejected. ``blobs`` maps a seq to its whole media file when it travelled inside
-        the item (P3 thumbnails and voice notes on narrow links): the file is linked as
-        if uploaded, so the item is complete at once. Raises :class:`UnknownKit`
+        rejected. Each copy stored or counted gets its row in ``arrivals`` (``link``, when,
+        ``via`` the address it came from and ``relay_kit`` the kit that relayed it, when
+        known), in the same transaction, so an item's arrivals number its ``copies``; a
+        rejected copy gets neither. ``blobs`` maps a seq to its whole media file when it
+        travelled inside the item (P3 thumbnails and voice notes on narrow links): the
+        file is linked as if uploaded, so the item is complete at once. Raises :class:`UnknownKit`
         (nothing stored) for an unknown or disabled kit.
         """
         bodies = [(seq, item, encode(item)) for seq, item in entries]
@@ -236,8 +244,10 @@ class Store:
         async with self.transaction() as db:
             await db.lock_kit(kit_id)
             await _require_kit(db, kit_id)
-            known = await _stored_bodies(db, kit_id, {seq for seq, _, _ in bodies})
+            known, copies = await _stored_bodies(db, kit_id, {seq for seq, _, _ in bodies})
             rows: list[tuple[object, ...]] = []
+            arrival = (link, received, via, relay_kit)
+            arrivals: list[tuple[object, ...]] = []  # one per copy stored or counted
             for seq, item, body in bodies:
                 if seq in known:
                     old_body, old_path = known[seq]
@@ -248,6 +258,8 @@ class Store:
                         rejected.append((seq, reason))
                         continue
                     duplicates.append(seq)
+                    copies[seq] += 1
+                    arrivals.append((kit_id, seq, copies[seq], *arrival))
                     if _fidelity(item) > _fidelity(old):
                         values = _item_row(kit_id, seq, item, body, received, link, old_path)
                         await db.execute(_UPGRADE_ITEM, (*values[2:14], kit_id, seq))
@@ -272,6 +284,8 @@ class Store:
                 known[seq] = (body, media_path)
                 rows.append(_item_row(kit_id, seq, item, body, received, link, media_path))
                 stored.append(seq)
+                copies[seq] = 1
+                arrivals.append((kit_id, seq, 1, *arrival))
                 if item.media is None or media_path is not None:
                     complete.append(seq)
                 else:
@@ -281,10 +295,13 @@ class Store:
             await _take_receipts(
                 db, kit_id, [(seq, item) for seq, item, _ in bodies if seq in new], link
             )
-            await db.executemany(
-                "UPDATE items SET copies = copies + 1 WHERE kit_id = ? AND seq = ?",
-                [(kit_id, seq) for seq in duplicates],
-            )
+            if duplicates:
+                await db.executemany(
+                    "UPDATE items SET copies = copies + 1 WHERE kit_id = ? AND seq = ?",
+                    [(kit_id, seq) for seq in duplicates],
+                )
+            if arrivals:
+                await db.executemany(_INSERT_ARRIVAL, arrivals)
             await add_acked(db, kit_id, complete)
             for seq, (path, _, _) in inline.items():
                 async with db.execute(
@@ -293,7 +310,7 @@ class Store:
                     recorded = await cur.fetchone()
                 if recorded is None or recorded[0] != path:
                     dropped.append(path)  # written for nothing: the item has its file already
-        self._unlink(dropped)
+        await self._unlink(dropped)
         return Ingested(tuple(stored), tuple(duplicates), tuple(waiting), tuple(rejected))
 
     # -- orders -------------------------------------------------------------------------
@@ -369,10 +386,12 @@ class Store:
     async def _write_inline(
         self, kit_id: int, entries: Sequence[tuple[int, Item]], blobs: Mapping[int, bytes]
     ) -> dict[int, tuple[str, int, str]]:
-        """Write each inline file (fsynced) where it will stay: {seq: (path, size, sha256)}.
+        """Put each inline file in the media store (durably): {seq: (path, size, sha256)}.
 
-        Written before the transaction that records it, like a finished upload; a file
-        the transaction does not record is removed again after it.
+        Put before the transaction that records it, like a finished upload; a file the
+        transaction does not record is removed again after it. A file the media store
+        cannot take now is left out: its item is stored waiting for it (not acknowledged),
+        so the kit sends it again.
         """
         out: dict[int, tuple[str, int, str]] = {}
         for seq, item in entries:
@@ -388,7 +407,11 @@ class Store:
                 continue
             suffix = mimetypes.guess_extension(ref.mime) or ""
             path = f"{kit_id}/{seq}-inline-{sha256[:12]}{suffix}"
-            await asyncio.to_thread(_write_file, self.media_dir / path, blob)
+            try:
+                await self.media.put_bytes(path, blob)
+            except MediaUnavailable as err:
+                log.warning("kit %d seq %d: inline file not stored: %s", kit_id, seq, err.en)
+                continue
             out[seq] = (path, len(blob), sha256)
         return out
 
@@ -550,9 +573,14 @@ class Store:
             await add_acked(db, kit_id, [seq])
             return Attached.LINKED
 
-    def _unlink(self, paths: Iterable[str]) -> None:
+    async def _unlink(self, paths: Iterable[str]) -> None:
+        """Remove files no row names any more; one the store cannot remove now stays
+        (unnamed, so harmless) and is logged."""
         for rel in paths:
-            (self.media_dir / rel).unlink(missing_ok=True)
+            try:
+                await self.media.delete(rel)
+            except MediaUnavailable as err:
+                log.warning("media file %s left in the store: %s", rel, err.en)
 
 
 async def _kit(db: Conn, kit_id: int) -> Kit | None:
@@ -574,6 +602,12 @@ _INSERT_ITEM = (
     "INSERT INTO items (kit_id, seq, uid, kind, priority, created_ms, clock_ok, source,"
     " text, lat, lon, alt, data, body, received_ms, link, media_path)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+_INSERT_ARRIVAL = (
+    "INSERT INTO arrivals (kit_id, seq, copy_no, link, received_ms, via, relay_kit)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -696,6 +730,7 @@ async def _open_pg(url: str, pool_size: int, wait_s: float) -> PgDatabase:
             + columns
             + "ALTER TABLE items ADD COLUMN IF NOT EXISTS feed_id BIGINT;\n"
             + _FEED_INDEXES
+            + BACKFILL_ARRIVALS
             + f"INSERT INTO meta VALUES ('schema', '{SCHEMA_VERSION}') ON CONFLICT DO NOTHING;"
         )
         async with (
@@ -745,22 +780,6 @@ async def _link_inline(
     return None if row is None else str(row[0])
 
 
-def _write_file(dest: Path, data: bytes) -> None:
-    """``data`` at ``dest``, whole or not at all, on disk when this returns."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dest)
-    fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _item_row(
     kit_id: int,
     seq: int,
@@ -794,19 +813,24 @@ def _item_row(
 
 async def _stored_bodies(
     db: Conn, kit_id: int, seqs: set[int]
-) -> dict[int, tuple[bytes, str | None]]:
-    """(encoding, media path) of those of ``seqs`` the kit already has: one query per 500."""
+) -> tuple[dict[int, tuple[bytes, str | None]], dict[int, int]]:
+    """(encoding, media path), and copies counted, of those of ``seqs`` the kit already
+    has: one query per 500."""
     found: dict[int, tuple[bytes, str | None]] = {}
+    copies: dict[int, int] = {}
     ordered = sorted(seqs)
     for i in range(0, len(ordered), 500):
         chunk = ordered[i : i + 500]
         marks = ",".join("?" * len(chunk))
         async with db.execute(
-            f"SELECT seq, body, media_path FROM items WHERE kit_id = ? AND seq IN ({marks})",
+            "SELECT seq, body, media_path, copies FROM items"
+            f" WHERE kit_id = ? AND seq IN ({marks})",
             (kit_id, *chunk),
         ) as cur:
-            found.update((int(seq), (bytes(b), p)) for seq, b, p in await cur.fetchall())
-    return found
+            for seq, b, p, n in await cur.fetchall():
+                found[int(seq)] = (bytes(b), p)
+                copies[int(seq)] = int(n)
+    return found, copies
 
 
 async def _file_for_record(

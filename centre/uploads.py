@@ -2,9 +2,12 @@
 
 An upload's ``received`` column counts bytes written *and fsynced*; it is the authority,
 so bytes a crash left past it are cut off before the next chunk is written. A complete
-upload is hashed, recorded by :meth:`Store.attach_media` (which decides, in one
-transaction, whether it completes its item), and only then renamed into place;
-:meth:`Uploads.recover` finishes renames a crash interrupted.
+upload is hashed, put in the media store (the folder, or S3) under its final key, and
+only then recorded by :meth:`Store.attach_media` (which decides, in one transaction,
+whether it completes its item); the partial file goes last. If the media store cannot
+take the file, the finishing chunk is refused with 503 and its offset stays where it
+was, so the kit sends that chunk again and the file is put again under the same key.
+:meth:`Uploads.recover` drops partial files a crash left after the record was made.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from centre.errors import Refused
+from centre.mediastore import MediaUnavailable
 from centre.store import Attached, Store, now_ms
 
 log = logging.getLogger(__name__)
@@ -74,14 +78,6 @@ def _upload(row: Sequence[Any]) -> Upload:
     return Upload(
         upload_id, length, received, metadata, concat, kit_id, seq, sha256, final_path, bool(done)
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
@@ -140,7 +136,11 @@ class Uploads:
         if length == 0 and not up.final:
             # No PATCH will ever come: an empty file is complete on creation.
             async with self.lock(upload_id):
-                await self._finish(up)
+                try:
+                    await self._finish(up)
+                except MediaUnavailable:
+                    await self._delete(up)  # the kit's repeated POST makes it anew
+                    raise
         return up
 
     async def get(self, upload_id: str) -> Upload | None:
@@ -256,7 +256,8 @@ class Uploads:
         return end
 
     async def _finish(self, up: Upload) -> None:
-        """The last byte is in: verify, record, then rename the file into place."""
+        """The last byte is in: verify, put the file in the media store, record it, then
+        drop the partial file."""
         if up.partial:
             async with self.store.transaction() as db:
                 await db.execute(
@@ -270,9 +271,14 @@ class Uploads:
             outcome = Attached.MISMATCH
             await self._set_received(up.id, 0)
         else:
+            # Stored before it is recorded: a crash or an outage in between leaves at most
+            # an object no row names, which the retry puts again under the same key.
+            await self.store.media.put_file(src, up.final_path)
             outcome = await self.store.attach_media(
                 up.id, up.kit_id, up.seq, up.length, sha256, up.final_path
             )
+            if outcome in (Attached.DUPLICATE, Attached.MISMATCH):
+                await self._drop_copy(up)
         log.info("upload %s (kit %d seq %d): file %s", up.id, up.kit_id, up.seq, outcome.value)
         if outcome is Attached.MISMATCH:
             src.write_bytes(b"")
@@ -282,18 +288,24 @@ class Uploads:
                 f"the whole file's sha256 {sha256} does not match the item's;"
                 " the upload restarts at offset 0",
             )
-        await asyncio.to_thread(self._place, up, outcome)
+        src.unlink(missing_ok=True)
 
-    def _place(self, up: Upload, outcome: Attached) -> None:
-        src = self.partial_file(up.id)
-        if outcome is Attached.DUPLICATE:
-            src.unlink(missing_ok=True)
-            return
+    async def _drop_copy(self, up: Upload) -> None:
+        """Remove the stored copy of an upload whose item has another file (or none)."""
         assert up.final_path is not None
-        dest = self.store.media_dir / up.final_path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
-        _fsync_dir(dest.parent)
+        async with (
+            self.store.reading() as db,
+            db.execute(
+                "SELECT path FROM media_files WHERE kit_id = ? AND seq = ?", (up.kit_id, up.seq)
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        if row is not None and row[0] == up.final_path:
+            return  # the file this very upload recorded (a repeated finish): it stays
+        try:
+            await self.store.media.delete(up.final_path)
+        except MediaUnavailable as err:
+            log.warning("upload %s: unneeded copy %s left: %s", up.id, up.final_path, err.en)
 
     # -- concatenation ------------------------------------------------------------------
 
@@ -339,7 +351,9 @@ class Uploads:
     # -- start-up -----------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Finish what a crash interrupted between recording a file and renaming it."""
+        """Finish what a crash interrupted after recording a file: drop its partial file
+        (putting it in the media store first if it is not there: a store whose files
+        were recorded before they were moved), or drop the copy of a duplicate."""
         async with (
             self.store.reading() as db,
             db.execute(
@@ -352,10 +366,18 @@ class Uploads:
         for row in rows:
             up = _upload(row)
             known.add(up.id)
-            if up.done and not up.partial and self.partial_file(up.id).exists():
-                outcome = Attached.LINKED if row[10] == up.id else Attached.DUPLICATE
-                log.info("upload %s: finishing the move of its file after a restart", up.id)
-                await asyncio.to_thread(self._place, up, outcome)
+            src = self.partial_file(up.id)
+            if up.done and not up.partial and up.final_path is not None and src.exists():
+                log.info("upload %s: finishing its file after a restart", up.id)
+                try:
+                    if row[10] != up.id:
+                        await self._drop_copy(up)
+                    elif await self.store.media.size(up.final_path) != up.length:
+                        await self.store.media.put_file(src, up.final_path)
+                except MediaUnavailable as err:
+                    log.warning("upload %s: left for the next start: %s", up.id, err.en)
+                    continue
+                src.unlink()
         for path in self.partial_dir.iterdir():
             if path.name not in known:
                 log.info("removing %s: its upload no longer exists", path)

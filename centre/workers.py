@@ -30,6 +30,7 @@ from typing import IO
 from centre.app import Role, open_store, serve
 from centre.config import CentreConfig
 from centre.db import StoreUnavailable, redact
+from centre.errors import BadCentreConfig
 from centre.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,9 @@ def run_workers(config: CentreConfig) -> int:
     try:
         asyncio.run(prepare(config))
         sock = bind(config.host, config.port, listen=False)
+    except BadCentreConfig as err:  # found when starting: the media store refused
+        print(err, file=sys.stderr)
+        return 2
     except (OSError, StoreUnavailable) as err:
         print(f"无法启动接收服务：{err} / cannot start the centre: {err}", file=sys.stderr)
         return 1
@@ -216,7 +220,7 @@ def worker_main(argv: list[str]) -> int:
         return 1
     try:
         asyncio.run(_serve_worker(config, sock, index))
-    except (OSError, StoreUnavailable) as err:
+    except (OSError, StoreUnavailable, BadCentreConfig) as err:
         log.error("工作进程无法启动 / worker cannot start: %s", err)
         return 1
     finally:

@@ -27,6 +27,7 @@ from centre.db import PgDatabase
 from centre.errors import Refused
 from centre.store import Store, now_ms
 from config.web.auth import SESSION_MAX_S, Csrf, LoginLimiter, Users
+from security.trail import AuditTrail
 
 SESSION_COOKIE = "centre_s"
 _SESSIONS_DDL = (
@@ -97,6 +98,7 @@ class Access:
         self.trust_loopback = d.trust_loopback
         self.limiter = LoginLimiter()  # per worker: each process counts its own failures
         self.csrf = Csrf(shared_secret(config.data_dir / "dashboard" / "csrf.secret"))
+        self.trail = AuditTrail(config.security_db, None, "dashboard")  # logins, chained
 
     async def prepare(self) -> None:
         """The sessions' table, made by whichever worker comes first."""

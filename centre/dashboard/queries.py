@@ -1,9 +1,10 @@
-"""What the dashboard reads from the store: kits as last heard, the report feed, tracks.
+"""What the dashboard reads from the store: kits as last heard, the report feed, tracks, and
+each item's delivery path.
 
-Kits send no status item yet: a kit's links, last contact and position are what its
-items show (the link each copy came in on, when, and the latest position it reported
-itself); battery and backlog come from a ``sensor`` item of the kit's own (source
-``kit…``, data ``battery_pct`` / ``backlog``) when one was sent, else they are not shown.
+A kit's last contact and position are what its items show (the link each copy came in
+on, when, and the latest position it reported itself); its battery, backlog and links as
+it reported them come from its newest status item (a ``sensor`` of source ``kit:status``,
+see edge/statusreport.py), else they show as not reported.
 The SQL runs on SQLite and PostgreSQL alike.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from centre.store import FeedEntry, Store
 from edge.item import Kind, decode
 
 MEMBER_SOURCE = "mesh:"  # team members' items, as mesh/reports.py names their source
+KIT_STATUS_SOURCE = "kit:status"  # edge/statusreport.py SOURCE (the centre does not import the kit)
 TRACK_POINTS = 5000  # at most, for every member together
 _KINDS = frozenset(k.value for k in Kind)
 
@@ -72,7 +75,13 @@ class Filters:
             clauses.append(f"i.kind IN ({','.join('?' * len(self.kinds))})")
             args += sorted(self.kinds)
         else:
-            clauses.append("i.kind NOT IN ('track', 'receipt')")  # on the map, in the orders
+            # Tracks are on the map, receipts in the orders, a kit's status in the kit list,
+            # audit rows behind `kit centre audit`: the feed is for reports.
+            clauses.append(
+                "i.kind NOT IN ('track', 'receipt', 'audit')"
+                " AND NOT (i.kind = 'sensor' AND i.source = ?)"
+            )
+            args.append(KIT_STATUS_SOURCE)
         if self.priority is not None:
             clauses.append("i.priority = ?")
             args.append(self.priority)
@@ -176,7 +185,14 @@ async def top_feed(store: Store) -> int:
 
 async def kits(store: Store) -> list[dict[str, Any]]:
     """Every enrolled kit with its links (last heard on each), last contact, position,
-    and battery and backlog when the kit reported them."""
+    and what its newest status item (edge/statusreport.py) said: battery, hours left,
+    power mode, backlog, its links online or not, disk, GNSS fix, and when it was made.
+    Newest by the kit's creation time, so a status that arrives late over a slow link
+    never replaces a newer one; every status field is None until a status arrived."""
+    from edge.statusreport import parse_links
+
+    numbers = ("battery_pct", "backlog", "backlog_p0", "backlog_p1", "hours_left", "disk_pct")
+    flags = ("mains", "fix")
     out: dict[int, dict[str, Any]] = {}
     async with store.reading() as db:
         async with db.execute("SELECT kit_id, name, enabled FROM kits ORDER BY kit_id") as cur:
@@ -190,9 +206,14 @@ async def kits(store: Store) -> list[dict[str, Any]]:
                     "lat": None,
                     "lon": None,
                     "position_ms": None,
-                    "battery_pct": None,
-                    "backlog": None,
                     "items": 0,
+                    **dict.fromkeys((*numbers, *flags, "power")),
+                    "reported_links": {},
+                    "links_more_up": 0,
+                    "links_more_down": 0,
+                    "status_ms": None,
+                    "status_clock_ok": None,
+                    "status_received_ms": None,
                 }
         async with db.execute(
             "SELECT kit_id, link, MAX(received_ms), COUNT(*) FROM items GROUP BY kit_id, link"
@@ -214,16 +235,37 @@ async def kits(store: Store) -> list[dict[str, Any]]:
                 if int(kit_id) in out:
                     out[int(kit_id)].update(lat=lat, lon=lon, position_ms=int(created))
         async with db.execute(
-            "SELECT kit_id, data FROM (SELECT kit_id, data, ROW_NUMBER() OVER"
-            " (PARTITION BY kit_id ORDER BY created_ms DESC, seq DESC) AS n FROM items"
-            " WHERE kind = 'sensor' AND source LIKE 'kit%') AS s WHERE n = 1"
+            "SELECT kit_id, data, created_ms, clock_ok, received_ms FROM (SELECT kit_id, data,"
+            " created_ms, clock_ok, received_ms, ROW_NUMBER() OVER (PARTITION BY kit_id"
+            " ORDER BY created_ms DESC, seq DESC) AS n FROM items"
+            " WHERE kind = 'sensor' AND source = ?) AS s WHERE n = 1",
+            (KIT_STATUS_SOURCE,),
         ) as cur:
-            for kit_id, data in await cur.fetchall():
+            for kit_id, data, created, clock_ok, received in await cur.fetchall():
                 kit = out.get(int(kit_id))
-                values = json.loads(data) if kit is not None else {}
-                for key in ("battery_pct", "backlog"):
-                    if isinstance(values.get(key), int | float) and kit is not None:
+                if kit is None:
+                    continue
+                values = json.loads(data)
+                kit.update(
+                    status_ms=int(created),
+                    status_clock_ok=bool(clock_ok),
+                    status_received_ms=int(received),
+                )
+                for key in numbers:
+                    value = values.get(key)
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        kit[key] = value
+                for key in flags:
+                    if isinstance(values.get(key), bool):
                         kit[key] = values[key]
+                if values.get("power") in ("normal", "save", "critical"):
+                    kit["power"] = values["power"]
+                links = parse_links(values.get("links"))
+                kit.update(
+                    reported_links=links.links,
+                    links_more_up=links.more_up,
+                    links_more_down=links.more_down,
+                )
     return list(out.values())
 
 
@@ -251,6 +293,77 @@ async def tracks(store: Store, since_ms: int) -> list[dict[str, Any]]:
             member["battery_pct"] = battery
         member["kit_id"] = int(kit_id)  # the kit that heard the latest
     return list(members.values())
+
+
+# Words in a link's name → what it is called on the dashboard (Chinese, English). Gateway
+# and Kit-Link names are free text: a name with none of these words is shown as it is.
+_LINK_WORDS: dict[str, tuple[str, str]] = {
+    "beidou": ("北斗", "Beidou"),
+    "bd": ("北斗", "Beidou"),
+    "tiantong": ("天通", "Tiantong"),
+    "tt": ("天通", "Tiantong"),
+    "sms": ("短信", "SMS"),
+    "vsat": ("卫星宽带", "VSAT"),
+    "satellite": ("卫星", "satellite"),
+    "mesh": ("自组网", "mesh"),
+    "lora": ("LoRa", "LoRa"),
+    "manet": ("自组网电台", "MANET radio"),
+    "relay": ("中继", "relay"),
+    "cellular": ("蜂窝", "cellular"),
+    "cell": ("蜂窝", "cellular"),
+    "lte": ("4G", "LTE"),
+    "4g": ("4G", "4G"),
+    "5g": ("5G", "5G"),
+    "ethernet": ("有线", "Ethernet"),
+    "eth": ("有线", "Ethernet"),
+    "wifi": ("Wi-Fi", "Wi-Fi"),
+}
+
+
+def link_name(link: str) -> str:
+    """A link as the dashboard names it, Chinese first: ``beidou`` → "北斗 / Beidou",
+    ``ip:vsat`` → "卫星宽带 / VSAT", ``ip`` → "IP 网络 / IP"."""
+    words = [_LINK_WORDS[w] for w in re.split(r"[:_.\-]+", link.lower()) if w in _LINK_WORDS]
+    if not words:
+        return "IP 网络 / IP" if link == "ip" else link
+    zh = "".join(dict.fromkeys(z for z, _ in words))
+    en = " ".join(dict.fromkeys(e for _, e in words))
+    return f"{zh} / {en}"
+
+
+async def item_detail(store: Store, kit_id: int, seq: int) -> dict[str, Any] | None:
+    """One stored item as the feed shows it, with its delivery path: every copy that
+    reached the centre (``arrivals``, first first: link, when, from where, relayed by which
+    kit), or None. Items stored before arrivals were recorded list their first copy only;
+    ``unrecorded`` counts the others."""
+    async with store.reading() as db:
+        async with db.execute(f"{_SELECT} WHERE i.kit_id = ? AND i.seq = ?", (kit_id, seq)) as cur:
+            rows = await cur.fetchall()
+        if not rows:
+            return None
+        async with db.execute(
+            "SELECT a.copy_no, a.link, a.received_ms, a.via, a.relay_kit, k.name"
+            " FROM arrivals a LEFT JOIN kits k ON k.kit_id = a.relay_kit"
+            " WHERE a.kit_id = ? AND a.seq = ? ORDER BY a.copy_no",
+            (kit_id, seq),
+        ) as cur:
+            arrivals = list(await cur.fetchall())
+    detail = entry_json(_entries(rows)[0])
+    detail["arrivals"] = [
+        {
+            "copy": int(copy),
+            "first": copy == 1,
+            "link": str(link),
+            "link_name": link_name(str(link)),
+            "received_ms": int(received),
+            "via": via,
+            "relay_kit": None if relay is None else int(relay),
+            "relay_name": relay_name,
+        }
+        for copy, link, received, via, relay, relay_name in arrivals
+    ]
+    detail["unrecorded"] = max(detail["copies"] - len(arrivals), 0)
+    return detail
 
 
 async def media_path(store: Store, kit_id: int, seq: int) -> tuple[str, str] | None:

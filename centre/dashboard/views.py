@@ -13,13 +13,14 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from aiohttp import web
 
 from centre.dashboard import queries
 from centre.dashboard.access import ACCESS, SESSION_COOKIE, Access, Operator, same_origin
 from centre.keys import CONFIG, STORE
+from centre.mediastore import MediaMissing
 from config.web.i18n import COOKIE, LANGS, Tr
 from config.web.pages import esc, json_block
 from config.web.server import CSP, SECURITY_HEADERS
@@ -56,6 +57,21 @@ STRINGS: dict[str, tuple[str, str]] = {
     "member": ("队员", "member"),
     "battery": ("电量", "battery"),
     "backlog": ("积压", "backlog"),
+    "status_age": ("状态生成于 {age}", "status made {age}"),
+    "status_clock": ("（套件时钟未校准，按收到时间）", "(kit clock not set: time received)"),
+    "hours_left": ("约剩 {n} 小时", "about {n} h left"),
+    "on_mains": ("外部供电", "on mains"),
+    "power_normal": ("正常模式", "normal mode"),
+    "power_save": ("省电模式", "power saving"),
+    "power_critical": ("电量危急", "battery critical"),
+    "battery_unknown": ("电量未知", "battery unknown"),
+    "link_up": ("在线", "up"),
+    "link_down": ("离线", "down"),
+    "links_more": ("另有 {up} 条在线、{down} 条离线", "{up} more up, {down} more down"),
+    "gnss_fix": ("已定位", "GNSS fix"),
+    "gnss_no_fix": ("无定位", "no GNSS fix"),
+    "disk_used": ("磁盘已用 {n} %", "disk {n} % used"),
+    "urgent_backlog": ("P0 {p0} · P1 {p1}", "P0 {p0} · P1 {p1}"),
     "state_queued": ("排队中", "queued"),
     "state_sent": ("已发出 {n} 次", "sent {n}×"),
     "state_delivered": ("套件已确认（经 {link}）", "acknowledged by the kit (via {link})"),
@@ -67,6 +83,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "whole_team": ("全体队员 (^all)", "whole team (^all)"),
     "the_kit": ("套件本身", "the kit itself"),
     "no_items": ("没有符合条件的条目", "no items match"),
+    "path": ("投递路径", "delivery path"),
+    "copy_n": ("第 {n} 份", "copy {n}"),
+    "first_copy": ("最先到达", "first"),
+    "from_addr": ("来自 {via}", "from {via}"),
+    "relayed_by": ("经套件 {kit} 中继", "relayed by kit {kit}"),
+    "unrecorded": ("另有 {n} 份到达时尚无记录", "{n} more copies arrived before paths were kept"),
 }
 KIND_NAMES: dict[str, tuple[str, str]] = {
     "sos": ("SOS 求救", "SOS"),
@@ -85,6 +107,7 @@ KIND_NAMES: dict[str, tuple[str, str]] = {
     "photo": ("照片", "photo"),
     "video": ("视频片段", "video segment"),
     "audio": ("录音", "audio"),
+    "audit": ("审计日志", "audit log"),
 }
 PRIORITY_NAMES = (
     ("生命", "life"),
@@ -193,12 +216,14 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not await asyncio.to_thread(access.users.check, user, password):
         wait = access.limiter.failed(client)
         log.warning("dashboard: wrong password for %r from %s", user, client)
+        await access.trail.login(user, client, ok=False, lock_s=wait)
         if wait > 0:
             return _refused_login(tr, wait)
         body = login_body(tr, tr("操作员或密码错误", "wrong operator name or password"))
         return _html(layout(tr, title=tr("登录", "Log in"), body=body), 401)
     access.limiter.succeeded(client)
     log.info("dashboard: operator %s logged in from %s", user, client)
+    await access.trail.login(user, client, ok=True)
     response = web.HTTPSeeOther("/dashboard")
     response.set_cookie(
         SESSION_COOKIE, await access.start(user), httponly=True, samesite="Strict", path="/"
@@ -339,6 +364,16 @@ async def api_items(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def api_item(request: web.Request) -> web.StreamResponse:
+    """One item with its delivery path (every copy: link, when, from where)."""
+    await _operator(request)
+    kit_id, seq = _ids(request)
+    detail = await queries.item_detail(request.app[STORE], kit_id, seq)
+    if detail is None:
+        raise web.HTTPNotFound(text="没有此条目 / no such item")
+    return _json(detail)
+
+
 async def api_tracks(request: web.Request) -> web.StreamResponse:
     await _operator(request)
     raw = request.query.get("since_ms", "0")
@@ -408,30 +443,32 @@ async def media(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise web.HTTPNotFound(text="没有此文件 / no such file")
     rel, mime = found
-    root = config.media_dir.resolve()
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        raise web.HTTPNotFound(text="没有此文件 / no such file")
-    if mime == CODEC2:
-        wav = config.data_dir / "dashboard" / "decoded" / f"{kit_id}-{seq}.wav"
-        if not wav.exists():
-            wav.parent.mkdir(parents=True, exist_ok=True)
-            part = wav.with_name(f".{wav.name}.part")
-            try:
-                await asyncio.to_thread(decode_voice, path, part)
-            except VoiceError as err:
-                raise web.HTTPUnprocessableEntity(text=str(err)) from None
-            part.replace(wav)
-        path, mime = wav, "audio/wav"
-    name = f"{kit_id}-{seq}{path.suffix}"
-    return web.FileResponse(
-        path,
-        headers={
-            "Content-Type": mime,
-            "Content-Disposition": f'inline; filename="{name}"',
-            "Cache-Control": "private, max-age=3600",
-        },
-    )
+    files = request.app[STORE].media  # the folder, or S3 streamed through the centre
+    try:
+        if mime == CODEC2:
+            wav = config.data_dir / "dashboard" / "decoded" / f"{kit_id}-{seq}.wav"
+            if not wav.exists():
+                wav.parent.mkdir(parents=True, exist_ok=True)
+                part = wav.with_name(f".{wav.name}.part")
+                async with files.local_copy(rel) as path:
+                    try:
+                        await asyncio.to_thread(decode_voice, path, part)
+                    except VoiceError as err:
+                        raise web.HTTPUnprocessableEntity(text=str(err)) from None
+                part.replace(wav)
+            return web.FileResponse(wav, headers=_media_headers(kit_id, seq, ".wav", "audio/wav"))
+        suffix = PurePosixPath(rel).suffix
+        return await files.respond(request, rel, _media_headers(kit_id, seq, suffix, mime))
+    except MediaMissing:
+        raise web.HTTPNotFound(text="没有此文件 / no such file") from None
+
+
+def _media_headers(kit_id: int, seq: int, suffix: str, mime: str) -> dict[str, str]:
+    return {
+        "Content-Type": mime,
+        "Content-Disposition": f'inline; filename="{kit_id}-{seq}{suffix}"',
+        "Cache-Control": "private, max-age=3600",
+    }
 
 
 _TILE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"RIFF", "image/webp"))
@@ -490,6 +527,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/dashboard/lang/{code}", set_lang)
     r.add_get("/dashboard/api/kits", api_kits)
     r.add_get("/dashboard/api/items", api_items)
+    r.add_get("/dashboard/api/items/{kit}/{seq}", api_item)
     r.add_get("/dashboard/api/tracks", api_tracks)
     r.add_get("/dashboard/events", events)
     r.add_get("/dashboard/media/{kit}/{seq}", media)

@@ -17,7 +17,7 @@ class Gateway:
     def __init__(self) -> None:
         self.authentic: int | None = None
 
-    async def handle(self, data: bytes) -> list[bytes]:
+    async def handle(self, data: bytes, *, via: str | None = None) -> list[bytes]:
         self.authentic = 7 if data.startswith(b"ok") else None
         return [b"ack"] if self.authentic else []
 

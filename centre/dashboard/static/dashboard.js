@@ -5,7 +5,7 @@
   const { t, el, csrf } = KIT;
   const info = KIT.data("tileinfo");
   const kindNames = KIT.data("kinds");
-  const HIDDEN_BY_DEFAULT = ["track", "receipt"];
+  const HIDDEN_BY_DEFAULT = ["track", "receipt", "audit"]; // and the kits' own status (kit list)
   const popup = document.getElementById("popup");
   const feed = document.getElementById("feed");
   const filters = document.getElementById("filters");
@@ -36,7 +36,7 @@
       if (k.lat === null) continue;
       marks.push({ lat: k.lat, lon: k.lon, cls: "kit", label: k.name, id: "kit-" + k.kit_id, title: k.name,
         onClick: () => show(el("h2", {}, k.name + " (#" + k.kit_id + ")"), el("p", {}, t("received") + " " + ageOf(k.last_ms)),
-          el("p", {}, Object.keys(k.links).join(", ")), el("p", {}, k.lat.toFixed(5) + ", " + k.lon.toFixed(5))) });
+          el("p", {}, Object.keys(k.links).join(", ")), el("p", {}, k.lat.toFixed(5) + ", " + k.lon.toFixed(5)), ...kitStatus(k)) });
     }
     for (const m of members) {
       m.points.slice(0, -1).forEach(([la, lo], i) => marks.push({ lat: la, lon: lo, cls: "trail", id: "trail-" + m.node + "-" + i }));
@@ -59,14 +59,44 @@
   }
 
   // -- kits -----------------------------------------------------------------------------
+  // What the kit's newest status item said; its age by the kit's clock when that was set.
+  const statusTime = (k) => (k.status_clock_ok ? k.status_ms : k.status_received_ms);
+  function batteryText(k) {
+    const bits = [k.battery_pct === null ? t("battery_unknown") : k.battery_pct + " %"];
+    if (k.hours_left !== null) bits.push(t("hours_left", { n: k.hours_left }));
+    if (k.mains) bits.push(t("on_mains"));
+    if (k.power && k.power !== "normal") bits.push(t("power_" + k.power));
+    return bits.join(" · ");
+  }
+  function backlogText(k) {
+    const urgent = t("urgent_backlog", { p0: k.backlog_p0 ?? 0, p1: k.backlog_p1 ?? 0 });
+    return String(k.backlog ?? "–") + (k.backlog_p0 || k.backlog_p1 ? " (" + urgent + ")" : "");
+  }
+  function statusAge(k) {
+    return el("small", { class: "status-age", title: when(statusTime(k)) },
+      t("status_age", { age: ageOf(statusTime(k)) }) + (k.status_clock_ok ? "" : " " + t("status_clock")));
+  }
+  function reportedLinks(k) {
+    const spans = Object.entries(k.reported_links).map(([l, up]) =>
+      el("span", { class: "link reported " + (up ? "up" : "down"), "data-link": l }, l + " " + t(up ? "link_up" : "link_down")));
+    if (k.links_more_up || k.links_more_down) spans.push(el("span", { class: "link reported" }, t("links_more", { up: k.links_more_up, down: k.links_more_down })));
+    return spans.length ? el("div", { class: "reported-links" }, ...spans) : null;
+  }
+  function kitStatus(k) {
+    if (k.status_ms === null) return [el("p", {}, t("battery") + " " + t("not_reported"))];
+    const device = [k.fix === null ? null : t(k.fix ? "gnss_fix" : "gnss_no_fix"), k.disk_pct === null ? null : t("disk_used", { n: k.disk_pct })];
+    return [el("p", {}, t("battery") + " " + batteryText(k) + (k.power === "normal" ? " · " + t("power_normal") : "")),
+      el("p", {}, t("backlog") + " " + backlogText(k)), reportedLinks(k),
+      el("p", {}, device.filter((x) => x !== null).join(" · ")), el("p", {}, statusAge(k))];
+  }
   async function loadKits() {
     kits = (await getJSON("/dashboard/api/kits")).kits;
     const rows = kits.map((k) => el("tr", { "data-kit": k.kit_id, class: k.enabled ? "" : "disabled" },
       el("td", {}, k.name, el("small", {}, " #" + k.kit_id)),
       el("td", {}, ageOf(k.last_ms)),
-      el("td", {}, ...Object.entries(k.links).map(([l, ms]) => el("span", { class: "link", title: when(ms) }, l + " " + ageOf(ms)))),
-      el("td", {}, k.battery_pct === null ? t("not_reported") : k.battery_pct + " %"),
-      el("td", {}, k.backlog === null ? t("not_reported") : String(k.backlog)),
+      el("td", {}, ...Object.entries(k.links).map(([l, ms]) => el("span", { class: "link", title: when(ms) }, l + " " + ageOf(ms))), reportedLinks(k)),
+      el("td", { class: "battery" }, ...(k.status_ms === null ? [t("not_reported")] : [batteryText(k), el("br"), statusAge(k)])),
+      el("td", { class: "backlog" }, k.status_ms === null ? t("not_reported") : backlogText(k)),
       el("td", {}, k.lat === null ? "–" : k.lat.toFixed(4) + ", " + k.lon.toFixed(4))));
     document.getElementById("kit-rows").replaceChildren(...rows);
     const select = orderForm.elements.kit_id, chosen = select.value;
@@ -95,6 +125,7 @@
   function matches(it, q) {
     const kind = q.get("kind");
     if (kind ? kind !== it.kind : HIDDEN_BY_DEFAULT.includes(it.kind)) return false;
+    if (!kind && it.kind === "sensor" && it.source === "kit:status") return false;
     if (q.has("priority") && Number(q.get("priority")) !== it.priority) return false;
     if (q.has("since_ms") && it.created_ms < Number(q.get("since_ms"))) return false;
     if (q.has("until_ms") && it.created_ms > Number(q.get("until_ms"))) return false;
@@ -125,7 +156,28 @@
       bits.length ? el("p", {}, bits.join(" · ")) : null,
       mediaOf(it),
       el("p", { class: "path" }, t("via", { link: it.link }) + " · " + t("received") + " " + when(it.received_ms) + " · " + t("copies", { n: it.copies }) +
-        (it.lat !== null ? " · " + it.lat.toFixed(5) + ", " + it.lon.toFixed(5) : "") + " · " + it.source));
+        (it.lat !== null ? " · " + it.lat.toFixed(5) + ", " + it.lon.toFixed(5) : "") + " · " + it.source + " ",
+        pathButton(it)));
+  }
+  // -- an item's delivery path: every copy that reached the centre, the first marked ----
+  function pathButton(it) {
+    const b = el("button", { type: "button", class: "show-path" }, t("path"));
+    b.onclick = () => showPath(it).catch((e) => show(el("p", { class: "msg error" }, String(e.message || e))));
+    return b;
+  }
+  function pathOf(d) {
+    const rows = d.arrivals.map((a) => el("li", { class: a.first ? "arrival first" : "arrival", "data-link": a.link, "data-copy": a.copy },
+      el("strong", {}, a.link_name), a.link_name !== a.link ? el("small", {}, " (" + a.link + ")") : null,
+      " · " + when(a.received_ms),
+      a.via ? " · " + t("from_addr", { via: a.via }) : null,
+      a.relay_kit !== null ? " · " + t("relayed_by", { kit: (a.relay_name || "") + " #" + a.relay_kit }) : null,
+      a.first ? el("span", { class: "first-mark" }, t("first_copy")) : null));
+    return el("div", { class: "delivery-path" }, el("h3", {}, t("path") + " · " + t("copies", { n: d.copies })),
+      el("ol", {}, ...rows), d.unrecorded ? el("p", { class: "hint" }, t("unrecorded", { n: d.unrecorded })) : null);
+  }
+  async function showPath(it) {
+    const d = await getJSON("/dashboard/api/items/" + it.kit_id + "/" + it.seq);
+    show(card(d), pathOf(d));
   }
   function row(it) {
     return el("li", { class: "item p" + it.priority + " kind-" + it.kind, "data-id": it.id, "data-kind": it.kind }, card(it));
