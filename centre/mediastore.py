@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from centre.errors import BadCentreConfig, Refused
+from edge.fsync import fsync_dir as _fsync_dir
 
 if TYPE_CHECKING:
     from centre.config import CentreConfig, MediaSection
@@ -114,14 +115,6 @@ class MediaStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - a folder holds nothing open
         """Release connections."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(dest: Path, data: bytes) -> None:

@@ -5,8 +5,9 @@ queues one (``target``: empty for the kit itself, ``^all`` for the whole team ch
 node id for one member, stored in lower case; anything else is refused with 400); the
 answer is ``201 {"order_id": n}``. ``GET
 /v1/orders?kit_id=7`` lists the kit's orders, newest first, each ``queued``, ``sent``
-(offered to the kit at least once) or ``delivered`` (the kit's receipt item came back,
-with when and over which link). Orders ride along with the answers the kit gets over
+(offered to the kit at least once), ``delivered`` (the kit's receipt item came back,
+with when and over which link) or ``failed`` (the kit has it, but its radio could not
+reach the member: ``delivery_error`` says why). Orders ride along with the answers the kit gets over
 any link — IP answers and narrow-link ACKs — until the receipt arrives.
 
 Who may use it: a logged-in operator (the dashboard, with its CSRF token), a machine with

@@ -372,7 +372,7 @@ class Store:
         return [
             {
                 **dict(zip(keys, row[:6], strict=True)),
-                "state": "delivered" if row[6] is not None else ("sent" if row[4] else "queued"),
+                "state": _order_state(row[4], row[6], row[8], row[10]),
                 "receipt_ms": row[6],
                 "receipt_link": row[7],
                 # The member (or ^all) the kit's radio got the order to, by the mesh's ACK.
@@ -581,6 +581,16 @@ class Store:
                 await self.media.delete(rel)
             except MediaUnavailable as err:
                 log.warning("media file %s left in the store: %s", rel, err.en)
+
+
+def _order_state(
+    sent: int, receipt_ms: int | None, delivered_ms: int | None, error: str | None
+) -> str:
+    """queued → sent → delivered (the kit has it; for a member, the radio too unless the
+    kit reported why not: failed)."""
+    if receipt_ms is None:
+        return "sent" if sent else "queued"
+    return "failed" if error is not None and delivered_ms is None else "delivered"
 
 
 async def _kit(db: Conn, kit_id: int) -> Kit | None:

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edge.errors import KitError
+from edge.fsync import fsync_dir as _fsync_dir
 
 DATA_KEY = "outbox.key"  # in the kit's keys folder, so every key wipe destroys it
 KEY_BYTES = 32
@@ -112,14 +113,6 @@ def parse_header(body: bytes, seq: int | None = None) -> Header | None:
 
 
 # -- the key file -------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_key(path: Path) -> None:

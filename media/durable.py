@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import KitError
+from edge.fsync import fsync_dir as fsync_dir  # re-exported: media writers use durable.fsync_dir
+from edge.fsync import fsync_file
 
 CHUNK = 1024 * 1024  # hashing reads this much at a time: little memory, few system calls
 
@@ -38,23 +40,6 @@ def _error(err: OSError, path: Path) -> KitError:
     if err.errno == errno.ENOSPC:
         return DiskFull(f"磁盘已满：{path}", f"disk full: {path}")
     return NotDurable(f"无法保存 {path}：{err.strerror}", f"cannot save {path}: {err.strerror}")
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the names in ``folder`` (a rename, a new file) survive a power cut."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def digest(path: Path) -> FileDigest:

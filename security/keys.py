@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import KitError
+from edge.fsync import fsync_dir as _fsync_dir
 from security.profiles import BadKey, Profile, profile
 
 KIT_KEY = "kit.key"
@@ -67,14 +68,6 @@ def parse_public(text: str) -> tuple[Profile, bytes]:
         except sm2.BadSm2Key as err:
             raise BadKey(err.zh, err.en) from None
     return prof, public
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_private(path: Path, pair: KeyPair) -> None:

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from config.loader import BadConfig, ConfigIssue, read_raw, validate
 from config.schema import KitConfig
 from config.web import tomlw
+from edge.fsync import fsync_dir as _fsync_dir
 from security.trail import AuditTrail
 
 ALL_PROCESSES = ("edge", "uplink", "drivers", "mesh", "media", "web")
@@ -317,14 +318,6 @@ class Stale(BadConfig):
 
 def fingerprint(text: bytes) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:

@@ -286,6 +286,6 @@ def test_the_centre_keeps_who_got_each_order_and_migrates_an_old_store(tmp_path:
     assert to_all["receipt_link"] == "vsat"  # the kit's own receipt came first
     assert (to_all["delivered_to"], to_all["delivered_ms"]) == ("^all", 1_700_000_001_000)
     assert to_all["delivery_error"] is None  # a later failed try does not undo a delivery
-    assert (searcher["state"], searcher["receipt_link"]) == ("delivered", "beidou")
+    assert (searcher["state"], searcher["receipt_link"]) == ("failed", "beidou")
     assert (searcher["delivered_to"], searcher["delivered_ms"]) == (None, None)
     assert searcher["delivery_error"] == "MAX_RETRANSMIT"

@@ -191,7 +191,8 @@ def test_an_order_for_a_member_who_left_or_never_was_on_the_mesh_shows_why_it_fa
         assert sent.order_id > 0, sent.queued
         # The kit took the order, its radio got no ACK from the member after every try.
         assert "套件已确认（经 vsat）" in sent.row, sent.row
-        assert "未能送达队员：MAX_RETRANSMIT" in sent.row, sent.row
+        assert "未能送达队员：无应答，已多次重试（MAX_RETRANSMIT）" in sent.row, sent.row
+        assert sent.state == "failed"
         assert "已送达" not in sent.row, sent.row
         (stored,) = [o for o in played.orders if o["target"] == target]
         assert stored["delivered_ms"] is None and stored["delivery_error"] == "MAX_RETRANSMIT"

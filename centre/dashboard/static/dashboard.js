@@ -225,13 +225,18 @@
   }
 
   // -- orders ---------------------------------------------------------------------------
+  // The mesh's routing error, in words where we have them, the code kept for the radio operator.
+  function meshReason(code) {
+    const words = t("mesh_" + code);
+    return words === "mesh_" + code ? code : words + "（" + code + "）";
+  }
   function orderState(o) {
     const parts = [];
     if (o.state === "queued") parts.push(t("state_queued"));
     if (o.state === "sent") parts.push(t("state_sent", { n: o.sent }));
-    if (o.state === "delivered") parts.push(t("state_delivered", { link: o.receipt_link || "?" }));
+    if (o.receipt_ms) parts.push(t("state_delivered", { link: o.receipt_link || "?" }));
     if (o.delivered_ms) parts.push(t("handheld", { who: o.delivered_to }) + " · " + when(o.delivered_ms));
-    else if (o.delivery_error) parts.push(t("handheld_failed", { why: o.delivery_error }));
+    else if (o.delivery_error) parts.push(t("handheld_failed", { why: meshReason(o.delivery_error) }));
     return parts.join(" · ");
   }
   async function loadOrders() {
