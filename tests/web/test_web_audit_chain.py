@@ -5,11 +5,7 @@ written with ``synchronous=FULL``."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +13,12 @@ import zmq
 import zmq.asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from hygiene import nothing_left_open, run  # noqa: F401
+from web_helpers import page as kit_page
 
 from centre.config import load_config
 from centre.dashboard.access import ACCESS
-from config.loader import load, render_default
+from config.loader import render_default
 from config.web.auth import LoginLimiter, Users
-from config.web.server import KitWeb, make_app
 from security.cli import KIT_STATE
 from security.state import SecurityState
 
@@ -43,24 +39,6 @@ def kit_config(root: Path) -> Path:
     path.write_text(text, encoding="utf-8")
     Users(root / "data" / "web" / "users.json").set("admin", PASSWORD)
     return path
-
-
-@contextlib.asynccontextmanager
-async def kit_page(config: Path) -> AsyncIterator[tuple[KitWeb, TestClient[Any, Any]]]:
-    fds = set(os.listdir("/proc/self/fd"))
-    kit = KitWeb(load(config))
-    client: TestClient[Any, Any] = TestClient(TestServer(make_app(kit)))
-    await client.start_server()
-    try:
-        yield kit, client
-    finally:
-        await client.close()
-        await kit.edge.close()
-        kit.tiles.close()
-        for _ in range(100):  # ZeroMQ's I/O thread closes the edge socket a moment later
-            if not set(os.listdir("/proc/self/fd")) - fds:
-                break
-            await asyncio.sleep(0.02)
 
 
 async def token(client: TestClient[Any, Any], path: str) -> tuple[str, str]:
