@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import requests
 from centre_helpers import KITS, STORES, RunningCentre, answer, batch, dump
+from centre_helpers import centre_fixture as centre_fixture  # found by name; uses `config` below
 from hygiene import nothing_left_open, run  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -91,15 +92,6 @@ def config_fixture(
             GatewayEntry(name="mesh-relay", kind="relay", mtu=233),
         ),
     )
-
-
-@pytest.fixture(name="centre")
-def centre_fixture(config: CentreConfig) -> Iterator[RunningCentre]:
-    running = RunningCentre(config)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def test_a_p0_sent_over_three_links_is_one_item_with_three_copies_and_its_path(

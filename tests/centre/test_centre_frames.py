@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 import requests
 from centre_helpers import KITS, STORES, RunningCentre, dump, photo
+from centre_helpers import centre_fixture as centre_fixture  # found by name; uses `config` below
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg_helpers import pg_server_fixture as pg_server_fixture
@@ -99,15 +100,6 @@ def config_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> CentreConf
             GatewayEntry(name="sms", kind="relay", mtu=140),
         ),
     )
-
-
-@pytest.fixture(name="centre")
-def centre_fixture(config: CentreConfig) -> Iterator[RunningCentre]:
-    running = RunningCentre(config)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 class Radio:
