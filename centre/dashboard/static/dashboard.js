@@ -102,14 +102,21 @@
     const select = orderForm.elements.kit_id, chosen = select.value;
     select.replaceChildren(...kits.filter((k) => k.enabled).map((k) => el("option", { value: k.kit_id }, k.name + " #" + k.kit_id)));
     if (chosen) select.value = chosen;
+    if (select.value !== chosen) fillTargets();
     drawMap();
   }
   async function loadTracks() {
     members = (await getJSON("/dashboard/api/tracks")).members;
+    fillTargets();
+    drawMap();
+  }
+  // An order to a member goes through the kit that heard the member last: offer only those.
+  function fillTargets() {
+    const kit = orderForm.elements.kit_id.value;
     document.getElementById("targets").replaceChildren(
       el("option", { value: "^all" }, t("whole_team")),
-      ...members.map((m) => el("option", { value: m.node }, t("member") + " " + m.node)));
-    drawMap();
+      ...members.filter((m) => String(m.kit_id) === kit)
+        .map((m) => el("option", { value: m.node }, t("member") + " " + m.node)));
   }
 
   // -- the feed -------------------------------------------------------------------------
@@ -248,7 +255,7 @@
         el("td", {}, "#" + o.order_id), el("td", {}, o.target || t("the_kit")), el("td", {}, o.text),
         el("td", { class: "state" }, orderState(o)))));
   }
-  orderForm.elements.kit_id.addEventListener("change", loadOrders);
+  orderForm.elements.kit_id.addEventListener("change", () => { fillTargets(); loadOrders(); });
   orderForm.addEventListener("submit", async (e) => {
     e.preventDefault();
     const f = orderForm.elements, msg = document.getElementById("order-msg");
