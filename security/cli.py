@@ -35,6 +35,18 @@ def centre_security(config: CentreConfig) -> CentreSecurity:
     return CentreSecurity.load(config.keys_dir, kits, config.security_db)
 
 
+def keys_wiped(config: KitConfig) -> bool:
+    """The kit's key is gone because it was wiped (its last key change in the audit), not
+    because the kit was never provisioned."""
+    if (config.keys_dir / KIT_KEY).exists():
+        return False
+    state = SecurityState(config.paths.data_dir / KIT_STATE)
+    try:
+        return state.last_event("key-created", "key-wiped") == "key-wiped"
+    finally:
+        state.close()
+
+
 def kit_security(config: KitConfig) -> KitSecurity | None:
     """The kit's sealing keys, or None (frames go unsealed) without a centre public key."""
     if not config.security.centre_public_key:

@@ -231,6 +231,14 @@ class SecurityState:
             )
         ]
 
+    def last_event(self, *events: str) -> str | None:
+        """The newest audit row's event among ``events`` (e.g. the last key change), or None."""
+        marks = ",".join("?" * len(events))
+        row = self._db.execute(
+            f"SELECT event FROM audit WHERE event IN ({marks}) ORDER BY id DESC LIMIT 1", events
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def last_audit_id(self) -> int:
         (top,) = self._db.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
         return int(top)

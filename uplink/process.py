@@ -15,7 +15,8 @@ from edge.client import AsyncEdgeClient
 from edge.daemon import RPC_SOCKET
 from edge.item import Priority
 from edge.service import run_service
-from security.cli import kit_security
+from security.cli import keys_wiped, kit_security
+from security.keys import KIT_KEY
 from security.mirror import serve_mirror
 from uplink import registry
 from uplink.link import Link
@@ -126,9 +127,30 @@ async def _take_orders(config: KitConfig, uplink: Uplink, edge: AsyncEdgeClient)
         publisher.close()
 
 
+WIPE_CHECK_S = 2.0  # how often the uplink looks whether the kit's key is still there
+
+WIPED = (
+    "本机密钥已销毁，不再发送；请关机 / this kit's keys were wiped: sending nothing; "
+    "power the kit off"
+)
+
+
+async def _end_on_wipe(config: KitConfig) -> None:
+    """Return once the kit's key file is gone: the uplink then stops and drops the keys it
+    derived (sealing, request signing, TLS) with everything else it holds."""
+    key = config.keys_dir / KIT_KEY
+    while key.exists():
+        await asyncio.sleep(WIPE_CHECK_S)
+    log.critical(WIPED)
+
+
 async def serve(config: KitConfig, stop: asyncio.Event) -> None:
     if config.kit.id == 0:
         log.error("套件未配置编号，不发送 / kit id not configured: sending nothing until it is")
+        await stop.wait()
+        return
+    if config.security.centre_public_key and keys_wiped(config):
+        log.critical(WIPED)  # restarted after the wipe: idle, never send unsealed
         await stop.wait()
         return
     edge = AsyncEdgeClient(config.endpoint(RPC_SOCKET), timeout_s=config.edge.rpc_timeout_s)
@@ -145,6 +167,8 @@ async def serve(config: KitConfig, stop: asyncio.Event) -> None:
         asyncio.create_task(_take_orders(config, uplink, edge)),
         asyncio.create_task(serve_mirror(config, state, edge)),
     ]
+    if uplink.security is not None:
+        tasks.append(asyncio.create_task(_end_on_wipe(config)))
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -156,6 +180,11 @@ async def serve(config: KitConfig, stop: asyncio.Event) -> None:
             t.cancel()
         await asyncio.gather(stopper, *tasks, return_exceptions=True)
         await edge.close()
+    if not stop.is_set():  # the key was wiped: let go of the links and the keys, wait to stop
+        if uplink.security is not None:
+            uplink.security.state.close()
+        del uplink, state, tasks
+        await stop.wait()
 
 
 def main(config_path: Path | None = None) -> int:
