@@ -106,8 +106,8 @@ def wipe_kit_keys(config: KitConfig, how: str) -> list[Path]:
     """Destroy the kit's keys and audit who did it (``how``: the command line, the web
     page's user, the GPIO button). The outbox's data key goes first: once it is gone the
     stored report bodies are unreadable (the edge daemon notices at its next read and
-    refuses bodies and new items). Other processes keep the keys they derived in memory
-    until they stop: power the kit off after a wipe."""
+    refuses bodies and new items) and the uplink stops, letting go of the keys it derived
+    (uplink/process.py). Freed memory is not overwritten: power the kit off after a wipe."""
     from edge.atrest import wipe_key
 
     wiped = [*wipe_key(config.keys_dir), *wipe(config.keys_dir)]
