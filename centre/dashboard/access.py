@@ -35,6 +35,13 @@ _SESSIONS_DDL = (
     "token_sha256 TEXT PRIMARY KEY, operator TEXT NOT NULL,"
     " created_ms BIGINT NOT NULL, seen_ms BIGINT NOT NULL)"
 )
+# Wrong passwords per client address, in the store so that every worker of a centre counts
+# the same failures (a guesser spread over the workers behind one address gains nothing).
+_FAILURES_DDL = (
+    "CREATE TABLE IF NOT EXISTS login_failures("
+    "client TEXT PRIMARY KEY, count BIGINT NOT NULL,"
+    " last_ms BIGINT NOT NULL, locked_until_ms BIGINT NOT NULL)"
+)
 _BROWSER_HEADERS = ("Origin", "Sec-Fetch-Mode", "Sec-Fetch-Site", "Cookie")
 
 
@@ -86,6 +93,55 @@ class Operator:
     token: str  # the session's; CSRF tokens are bound to it
 
 
+class SharedLimiter:
+    """:class:`LoginLimiter`'s rule (``free`` wrong passwords, then a lock doubling with each
+    further one, forgotten after ``forget_s``), counted in the store for every worker."""
+
+    def __init__(self, store: Store, rule: LoginLimiter | None = None) -> None:
+        self.store = store
+        self.rule = rule or LoginLimiter()
+
+    async def wait_s(self, client: str) -> float:
+        """Seconds this client must wait before it may try again (0: it may try now)."""
+        async with (
+            self.store.reading() as db,
+            db.execute(
+                "SELECT locked_until_ms FROM login_failures WHERE client = ?", (client,)
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        return 0.0 if row is None else max(0.0, (int(row[0]) - now_ms()) / 1000)
+
+    async def failed(self, client: str) -> float:
+        """Count one wrong password of ``client``; the seconds it must now wait."""
+        rule, now = self.rule, now_ms()
+        forget_ms = int(rule.forget_s * 1000)
+        async with self.store.transaction() as db:
+            await db.execute("DELETE FROM login_failures WHERE last_ms < ?", (now - forget_ms,))
+            await db.execute(
+                "INSERT INTO login_failures VALUES (?, 1, ?, 0) ON CONFLICT (client) DO UPDATE"
+                " SET count = login_failures.count + 1, last_ms = excluded.last_ms",
+                (client, now),
+            )
+            async with db.execute(
+                "SELECT count FROM login_failures WHERE client = ?", (client,)
+            ) as cur:
+                (count,) = await cur.fetchone()
+            until = 0
+            if count >= rule.free:
+                lock_s = min(rule.max_s, rule.base_s * 2 ** (int(count) - rule.free))
+                until = now + int(lock_s * 1000)
+                await db.execute(
+                    "UPDATE login_failures SET locked_until_ms = ? WHERE client = ?",
+                    (until, client),
+                )
+        return max(0.0, (until - now) / 1000)
+
+    async def succeeded(self, client: str) -> None:
+        async with self.store.transaction() as db:
+            await db.execute("DELETE FROM login_failures WHERE client = ?", (client,))
+
+
 class Access:
     """Operators' passwords and sessions, machines' tokens, the login back-off, CSRF."""
 
@@ -96,17 +152,18 @@ class Access:
         self.tokens = Tokens(in_data(config, d.tokens_file))
         self.idle_ms = d.session_idle_min * 60_000
         self.trust_loopback = d.trust_loopback
-        self.limiter = LoginLimiter()  # per worker: each process counts its own failures
+        self.limiter = SharedLimiter(store)
         self.csrf = Csrf(shared_secret(config.data_dir / "dashboard" / "csrf.secret"))
         self.trail = AuditTrail(config.security_db, None, "dashboard")  # logins, chained
 
     async def prepare(self) -> None:
         """The sessions' table, made by whichever worker comes first."""
         if isinstance(self.store.db, PgDatabase):
-            await self.store.db.serialised(_SESSIONS_DDL)
+            await self.store.db.serialised(f"{_SESSIONS_DDL}; {_FAILURES_DDL}")
             return
         async with self.store.transaction() as db:
             await db.execute(_SESSIONS_DDL.replace("BIGINT", "INTEGER"))
+            await db.execute(_FAILURES_DDL.replace("BIGINT", "INTEGER"))
 
     # -- sessions -------------------------------------------------------------------------
 

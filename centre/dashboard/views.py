@@ -218,20 +218,20 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not same_origin(request):
         return _html(layout(tr, title="403", body=login_body(tr, "CSRF")), 403)
     client = request.remote or "?"
-    wait = access.limiter.wait_s(client)
+    wait = await access.limiter.wait_s(client)
     if wait > 0:
         return _refused_login(tr, wait)
     form = await request.post()
     user, password = str(form.get("user", "")), str(form.get("password", ""))
     if not await asyncio.to_thread(access.users.check, user, password):
-        wait = access.limiter.failed(client)
+        wait = await access.limiter.failed(client)
         log.warning("dashboard: wrong password for %r from %s", user, client)
         await access.trail.login(user, client, ok=False, lock_s=wait)
         if wait > 0:
             return _refused_login(tr, wait)
         body = login_body(tr, tr("操作员或密码错误", "wrong operator name or password"))
         return _html(layout(tr, title=tr("登录", "Log in"), body=body), 401)
-    access.limiter.succeeded(client)
+    await access.limiter.succeeded(client)
     log.info("dashboard: operator %s logged in from %s", user, client)
     await access.trail.login(user, client, ok=True)
     response = web.HTTPSeeOther("/dashboard")

@@ -12,8 +12,9 @@ from centre_helpers import config_fixture as config_fixture
 from pg_helpers import pg_server_fixture as pg_server_fixture
 
 from centre.dashboard import queries
-from centre.dashboard.access import ACCESS, SESSION_COOKIE
+from centre.dashboard.access import ACCESS, SESSION_COOKIE, SharedLimiter
 from centre.keys import STORE
+from config.web.auth import LoginLimiter
 from edge.item import Kind, Position, new_item
 
 
@@ -62,3 +63,22 @@ def test_operator_sessions_start_are_found_and_end_on_both_stores(
     assert centre.call(access.operator(stranger)) is None  # type: ignore[arg-type]
     centre.call(access.end(token))
     assert centre.call(access.operator(request)) is None  # type: ignore[arg-type]
+
+
+def test_wrong_passwords_are_counted_for_every_worker_alike_on_both_stores(
+    centre: RunningCentre,
+) -> None:
+    """Two limiters on one store stand for two workers behind one address: a guesser that
+    spreads its tries over them is locked out after the same five."""
+    store = centre.runner.app[STORE]
+    rule = LoginLimiter(base_s=60.0)  # locks long enough that no slow machine sees one end
+    first, second = SharedLimiter(store, rule), SharedLimiter(store, rule)
+    waits = [centre.call((first if i % 2 else second).failed("203.0.113.9")) for i in range(5)]
+    assert waits[:4] == [0.0] * 4 and waits[4] == 60.0
+    assert centre.call(first.wait_s("203.0.113.9")) > 30.0
+    assert centre.call(second.wait_s("203.0.113.9")) > 30.0
+    assert centre.call(second.wait_s("198.51.100.7")) == 0.0  # another client is not slowed
+    sixth = centre.call(first.failed("203.0.113.9"))
+    assert sixth == 120.0  # the lock doubles
+    centre.call(second.succeeded("203.0.113.9"))
+    assert centre.call(first.wait_s("203.0.113.9")) == 0.0
