@@ -27,7 +27,7 @@ def checked(answer: dict[str, Any]) -> dict[str, Any]:
     raise cls(str(err.get("zh", "未知错误")), str(err.get("en", "unknown error")))
 
 
-def _unavailable(endpoint: str) -> EdgeUnavailable:
+def unavailable(endpoint: str) -> EdgeUnavailable:
     return EdgeUnavailable(
         f"edge 进程无响应（{endpoint}）；请先运行 kit run",
         f"edge daemon not answering at {endpoint}; start it with `kit run`",
@@ -72,7 +72,7 @@ class EdgeClient:
                     raise EdgeUnavailable("edge 的回答无效", "invalid answer from the edge daemon")
                 return answer
             self._drop_socket()
-        raise _unavailable(self.endpoint)
+        raise unavailable(self.endpoint)
 
     def accept(self, item: Item) -> dict[str, Any]:
         """File ``item``; returns once it is durable: ``{"seq": n, "new": bool, "state": …}``."""
@@ -141,7 +141,7 @@ class AsyncEdgeClient:
         try:
             return checked(await asyncio.wait_for(future, self.timeout_s))
         except TimeoutError:
-            raise _unavailable(self.endpoint) from None
+            raise unavailable(self.endpoint) from None
         finally:
             self._pending.pop(rid, None)
 
