@@ -163,6 +163,13 @@ class ExportEntry(BaseModel):
         title="名称",
         description="Names the export's cursor (how far it delivered) in the store.",
     )
+    skip_kinds: tuple[str, ...] = Field(
+        default=("audit",),
+        max_length=32,
+        title="不导出的类型",
+        description="Item kinds this export leaves out (its cursor still moves past them). "
+        "By default the kits' mirrored audit logs stay inside the centre.",
+    )
     kind: Literal["mqtt", "webhook", "cot"] = Field(
         title="类型",
         description="mqtt: a JSON event per item to an MQTT broker (QoS 1); webhook: signed "

@@ -328,7 +328,9 @@ async def deliver(store: Store, entry: ExportEntry, sink: Sink, stop: asyncio.Ev
             if not entries:
                 await _pause(stop, POLL_S)
                 continue
-            await sink.send(entries)
+            wanted = [e for e in entries if e.stored.item.kind.value not in entry.skip_kinds]
+            if wanted:
+                await sink.send(wanted)
             await store.set_export_cursor(entry.name, entries[-1].feed_id)
             backoff = entry.retry_s
         except (OSError, RuntimeError, ValueError, aiohttp.ClientError) as err:

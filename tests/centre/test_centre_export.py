@@ -31,6 +31,8 @@ from centre.config import CentreConfig, ExportEntry
 from centre.export import cot_event
 from centre.store import FeedEntry, StoredItem
 from edge.item import Item, Kind, Position, new_item
+from security.mirror import batch_item
+from security.state import AuditRow, SecurityState
 from sim.tak import BadCot, TakReceiver, parse_event, split_stream
 
 
@@ -202,7 +204,7 @@ class Hook(BaseHTTPRequestHandler):
 
 
 def test_webhook_posts_are_signed_and_retried_with_back_off_until_taken(
-    config: CentreConfig, caplog: pytest.LogCaptureFixture
+    config: CentreConfig, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     Hook.posts = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
@@ -216,7 +218,8 @@ def test_webhook_posts_are_signed_and_retried_with_back_off_until_taken(
     try:
         centre = RunningCentre(config)
         try:
-            answer(centre.post_items(7, batch([(1, report()), (2, note("收到"))])))
+            mirrored = batch_item(7, audit_rows(tmp_path))  # a kit's audit log stays in the centre
+            answer(centre.post_items(7, batch([(1, report()), (2, note("收到")), (3, mirrored)])))
             until(lambda: len(Hook.posts) == 3, "the third POST")
         finally:
             centre.stop()
@@ -235,6 +238,17 @@ def test_webhook_posts_are_signed_and_retried_with_back_off_until_taken(
     assert [(f["properties"]["kit_id"], f["properties"]["seq"]) for f in items] == [(7, 1), (7, 2)]
     assert caplog.text.count("export hook failed") >= 2
     assert "answered 503" in caplog.text
+
+
+def audit_rows(folder: Path) -> list[AuditRow]:
+    """Two chained rows of a kit's audit log, as the kit's mirror files them."""
+    state = SecurityState(folder / "kit-security.sqlite3")
+    try:
+        state.audit("login", 7, "wrong-password", "admin", "web")
+        state.audit("config-changed", 7, "admin", "links.0.enabled", "web")
+        return state.rows_after(0, 10)
+    finally:
+        state.close()
 
 
 # --- Cursor-on-Target to a TAK receiver ---------------------------------------------------
