@@ -272,13 +272,11 @@ def _ago(ms: int, now_s: float) -> str:
     return f"{s / 3600:.1f} 小时前 / h ago"
 
 
-def _edge_socket_missing(config_path: Path | None) -> KitError | None:
+def _edge_socket_missing(endpoint: str) -> KitError | None:
     """No edge daemon can answer when its socket file is not there: say so at once rather
     than after the client's time-outs (a squad member typing `kit status` waits for it)."""
     from edge.client import unavailable
-    from edge.daemon import RPC_SOCKET
 
-    endpoint = load(config_path).config.endpoint(RPC_SOCKET)
     path = endpoint.removeprefix("ipc://")
     if endpoint.startswith("ipc://") and not Path(path).exists():
         return unavailable(endpoint)
@@ -286,9 +284,9 @@ def _edge_socket_missing(config_path: Path | None) -> KitError | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    missing = _edge_socket_missing(args.config)
     with _client(args.config) as client:
         try:
+            missing = _edge_socket_missing(client.endpoint)
             if missing is not None:
                 raise missing
             status = client.status()
